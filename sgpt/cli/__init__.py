@@ -1,0 +1,1 @@
+"""The command-line tools, each a thin layer over the library."""

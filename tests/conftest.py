@@ -1,0 +1,55 @@
+"""Shared fixtures: real speech from espeak-ng, and running the installed tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog",
+    "speech units let a language model listen and speak",
+    "please tell me the weather for tomorrow morning",
+]
+
+
+def speak(text: str, path: Path, voice: str = "en-us", speed: int = 160) -> Path:
+    """Real speech: espeak-ng's 22.05 kHz 16-bit WAV of ``text``."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (.ci/run installs it)")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text],
+                   check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory) -> Path:
+    """Three espeak-ng sentences: s0.wav, s1.wav, s2.wav."""
+    d = tmp_path_factory.mktemp("speech")
+    for i, text in enumerate(SENTENCES):
+        speak(text, d / f"s{i}.wav", voice=["en-us", "en-gb", "en-us+f3"][i])
+    return d
+
+
+def tool(name: str) -> str:
+    """The installed console script (next to this interpreter), else the checkout's bin/."""
+    installed = Path(sys.executable).parent / name
+    if installed.exists():
+        return str(installed)
+    return str(Path(__file__).resolve().parents[1] / "bin" / name)
+
+
+def run_tool(name: str, *args, input: bytes | str | None = None, env: dict | None = None,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a tool as a user would; stdout and stderr as text (stdout bytes if input is)."""
+    full_env = {**os.environ, **(env or {})}
+    text = not isinstance(input, bytes)
+    return subprocess.run([tool(name), *map(str, args)], input=input, capture_output=True,
+                          text=text, env=full_env, cwd=cwd, timeout=600)
