@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from sgpt.errors import AudioError
+from sgpt.files import write_atomic
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = 400  # one 25 ms analysis window at 16 kHz: the least any encoder can use
@@ -71,13 +71,4 @@ def wav_bytes(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write a 16-bit PCM WAV atomically: a killed run never leaves a half file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".wav.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(wav_bytes(audio, sample_rate))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(wav_bytes(audio, sample_rate)))

@@ -1,0 +1,308 @@
+"""sgpt-units: speech to discrete units (encode), and k-means learning (learn-kmeans)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from sgpt import __version__
+from sgpt.audio import SAMPLE_RATE, load_audio, load_audio_bytes, looks_like_audio
+from sgpt.cli.common import (
+    DefaultGroup,
+    Reporter,
+    device_options,
+    parse_shard,
+    progress_bar,
+    run_options,
+    run_tool,
+    shard_items,
+    shard_option,
+)
+from sgpt.errors import AudioError, RecordError, SgptError
+from sgpt.records import FORMATS, RecordWriter, parse_line
+
+TOOL = "sgpt-units"
+
+# Audio is read ahead in windows of this many batches, so batches can be sorted by length.
+WINDOW_BATCHES = 4
+
+NO_DEFAULT = ("no encoder given and no embedded default is installed yet: pass "
+              "--encoder mfcc --kmeans CENTROIDS.npy, or --encoder hubert --checkpoint "
+              "mhubert_base_vp_en_es_fr_it3.pt --layer 11 --kmeans "
+              "mhubert_base_vp_en_es_fr_it3_L11_km1000.bin")
+
+
+@dataclass
+class Item:
+    """One utterance to encode: where its audio is, and the record it becomes."""
+
+    record: dict          # the output record so far: id and any keys passed through
+    audio: str | bytes    # a path, or the bytes of a whole audio file read from stdin
+    where: str            # how an error names it
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+
+def _path_item(path: str, where: str | None = None) -> Item:
+    return Item({"id": Path(path).stem, "audio": path}, path, where or path)
+
+
+def _stdin_items(reporter: Reporter) -> list[Item]:
+    """stdin holds one audio file, or a list of paths / JSON records with ``audio``."""
+    data = sys.stdin.buffer.read()
+    if looks_like_audio(data[:4]):
+        return [Item({"id": "stdin"}, data, "stdin")]
+    items = []
+    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith("{"):
+            items.append(_path_item(line))
+            continue
+        try:
+            record = parse_line(line, f"stdin_{lineno}", f"stdin:{lineno}")
+        except RecordError as e:
+            reporter.error(e.where, e.reason)
+            continue
+        if not record.get("audio"):
+            reporter.error(record["id"], "record has no 'audio' path")
+            continue
+        items.append(Item(record, record["audio"], record["audio"]))
+    return items
+
+
+def _manifest_items(manifest: str, reporter: Reporter) -> list[Item]:
+    """A fairseq manifest: the audio root on line 1, then ``relative/path<TAB>n_samples``."""
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SgptError(f"{manifest}: cannot read manifest ({e})") from None
+    if not lines:
+        raise SgptError(f"{manifest}: empty manifest (line 1 must be the audio root)")
+    root = lines[0].strip()
+    items = []
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        rel = line.split("\t")[0].strip()
+        items.append(_path_item(os.path.join(root, rel), f"{manifest}:{lineno}: {rel}"))
+    return items
+
+
+def gather_items(inputs: tuple[str, ...], manifest: str | None, reporter: Reporter
+                 ) -> list[Item]:
+    if not inputs and manifest is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("no input: pass audio files, --manifest TSV, or pipe "
+                                   "paths (or one audio file) into stdin")
+        inputs = ("-",)
+    items = _manifest_items(manifest, reporter) if manifest else []
+    for source in inputs:
+        items += _stdin_items(reporter) if source == "-" else [_path_item(source)]
+    return items
+
+
+def load_item(item: Item):
+    if isinstance(item.audio, bytes):
+        return load_audio_bytes(item.audio)
+    return load_audio(item.audio)
+
+
+def windows(items: list[Item], reporter: Reporter, window_samples: int, advance):
+    """Lists of (item, waveform) of about ``window_samples`` samples; bad audio reported."""
+    window: list = []
+    total = 0
+    for item in items:
+        try:
+            wave = load_item(item)
+        except AudioError as e:
+            if window:  # what came before a failure is written before it is reported
+                yield window
+                window, total = [], 0
+            reporter.error(item.where, str(e))
+            advance()
+            continue
+        window.append((item, wave))
+        total += len(wave)
+        if total >= window_samples:
+            yield window
+            window, total = [], 0
+    if window:
+        yield window
+
+
+def encoder_options(fn):
+    fn = click.option("--layer", type=int, default=11, show_default=True,
+                      help="HuBERT layer whose output is clustered (fairseq's output_layer).")(fn)
+    fn = click.option("--checkpoint", type=click.Path(),
+                      help="fairseq HuBERT/mHuBERT .pt file, or a transformers HubertModel "
+                           "directory (implies --encoder hubert).")(fn)
+    return click.option("--encoder", type=click.Choice(["hubert", "mfcc"]),
+                        help="Dense features: hubert (needs --checkpoint) or mfcc "
+                             "(weights-free MFCC + deltas, 50 frames/s).")(fn)
+
+
+def input_options(fn):
+    fn = click.option("--batch-seconds", type=float, default=60.0, show_default=True,
+                      help="Audio per padded batch, in seconds.")(fn)
+    return click.option("--manifest", type=click.Path(),
+                        help="fairseq .tsv manifest (root on line 1, then path<TAB>samples).")(fn)
+
+
+def _dense_choice(encoder: str | None, checkpoint: str | None) -> str:
+    if encoder is None and checkpoint is None:
+        raise click.UsageError(NO_DEFAULT)
+    return encoder or "hubert"
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=TOOL)
+def cli():
+    """Speech to discrete units, as SpeechGPT hears it.
+
+    \b
+    Subcommands (encode is the default):
+      sgpt-units [encode] AUDIO...        units records for audio files
+      sgpt-units learn-kmeans AUDIO...    k-means centroids from a corpus
+
+    \b
+    Example:
+      sgpt-units --checkpoint mhubert.pt --kmeans km1000.bin q.wav | sgpt-generate
+    """
+
+
+@cli.command()
+@encoder_options
+@click.option("--kmeans", type=click.Path(),
+              help="k-means centroids: the published sklearn .bin (read without sklearn) "
+                   "or our .npy [k, dim].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True,
+              help="jsonl records, speechgpt <sosp><u>..<eosp> lines, or fairseq 'u u' lines.")
+@click.option("--no-dedup", is_flag=True, help="Keep runs of repeated units (no durations).")
+@input_options
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Output file (written atomically; a re-run resumes) or - for stdout.")
+@shard_option
+@device_options
+@run_options
+@click.argument("inputs", nargs=-1, metavar="[AUDIO|-]...")
+@run_tool(TOOL)
+def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_seconds, output,
+           shard, device, dtype, progress, strict, inputs):
+    """Encode audio files into unit records.
+
+    AUDIO is any file libsndfile reads (wav, flac, ogg...; any rate, any channels). With -
+    or no argument, stdin holds one audio file, or paths / JSON records with an 'audio'
+    key, one per line. Each record gets 'units', 'durations' (unless --no-dedup) and
+    'units_meta'; the keys of input records pass through.
+
+    \b
+    Examples:
+      sgpt-units --checkpoint mhubert_base_vp_en_es_fr_it3.pt --layer 11 \\
+          --kmeans mhubert_base_vp_en_es_fr_it3_L11_km1000.bin a.wav b.flac
+      find corpus -name '*.flac' | sgpt-units --encoder mfcc --kmeans km.npy \\
+          --format speechgpt -o units.txt
+    """
+    reporter = Reporter(TOOL, strict)
+    dense = _dense_choice(encoder, checkpoint)
+    if kmeans is None:
+        raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units")
+    shard_index = parse_shard(shard)
+    items = shard_items(gather_items(inputs, manifest, reporter), shard_index)
+    from sgpt.device import resolve_device, resolve_dtype
+    from sgpt.speech_encoder import load_speech_encoder
+
+    dev = resolve_device(device)
+    model = load_speech_encoder(dense, kmeans, checkpoint, layer, dev, resolve_dtype(dtype, dev),
+                                dedup=not no_dedup)
+    meta = model.meta
+    writer = RecordWriter(output, fmt)
+    todo = [item for item in items if item.id not in writer.done]
+    if len(todo) < len(items):
+        reporter.info(f"resuming: {len(items) - len(todo)} of {len(items)} already in {output}")
+    batch_samples = int(batch_seconds * SAMPLE_RATE)
+    with progress_bar(progress, len(todo), "encoding") as advance:
+        for window in windows(todo, reporter, WINDOW_BATCHES * batch_samples, advance):
+            results = model([wave for _, wave in window], max_samples=batch_samples)
+            for (item, _), result in zip(window, results):
+                writer.write({**item.record, **result, "units_meta": meta})
+                advance()
+    writer.close()
+    return reporter.exit_code
+
+
+@cli.command("learn-kmeans")
+@encoder_options
+@click.option("-k", "k", type=int, required=True, help="Number of clusters (units).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the frame sample and of k-means++.")
+@click.option("--max-frames", type=int, default=1_000_000, show_default=True,
+              help="Frames kept in memory, sampled uniformly from the whole corpus.")
+@click.option("--max-iter", type=int, default=100, show_default=True,
+              help="Lloyd iterations at most.")
+@click.option("--batch-size", type=int, default=None,
+              help="Mini-batch k-means with this many frames per step (default: full batch).")
+@input_options
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Centroids .npy [k, dim]; a JSON sidecar (.json) is written beside it.")
+@device_options
+@run_options
+@click.argument("inputs", nargs=-1, metavar="[AUDIO|-]...")
+@run_tool(TOOL)
+def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batch_size, manifest,
+                 batch_seconds, output, device, dtype, progress, strict, inputs):
+    """Learn k-means centroids over the dense features of a corpus.
+
+    \b
+    Example:
+      sgpt-units learn-kmeans --encoder mfcc -k 100 --seed 0 -o km100.npy corpus/*.wav
+      sgpt-units --encoder mfcc --kmeans km100.npy corpus/*.wav > units.jsonl
+    """
+    from sgpt.device import resolve_device, resolve_dtype
+    from sgpt.kmeans import FrameReservoir, save_centroids
+    from sgpt.kmeans import learn_kmeans as fit
+    from sgpt.speech_encoder import load_speech_encoder
+
+    reporter = Reporter(TOOL, strict)
+    dense = _dense_choice(encoder, checkpoint)
+    items = gather_items(inputs, manifest, reporter)
+    dev = resolve_device(device)
+    model = load_speech_encoder(dense, None, checkpoint, layer, dev, resolve_dtype(dtype, dev))
+    reservoir = FrameReservoir(max_frames, seed)
+    batch_samples = int(batch_seconds * SAMPLE_RATE)
+    with progress_bar(progress, len(items), "features") as advance:
+        for window in windows(items, reporter, WINDOW_BATCHES * batch_samples, advance):
+            for feats in model.features([wave for _, wave in window], batch_samples):
+                reservoir.add(feats.cpu())
+                advance()
+    frames = reservoir.frames()
+    if len(frames) < k:
+        raise SgptError(f"only {len(frames)} frames from {len(items)} inputs: too few for "
+                        f"k={k}")
+    reporter.info(f"k-means: k={k} over {len(frames)} of {reservoir.seen} frames")
+    with progress_bar(progress, max_iter, "k-means") as advance:
+        centroids, inertia = fit(frames.to(dev), k, seed=seed, max_iter=max_iter,
+                                 batch_size=batch_size, progress=lambda i, _: advance())
+    meta = {**model.meta, "k": k, "dim": int(centroids.shape[1]), "inertia": inertia,
+            "frames": len(frames), "frames_seen": reservoir.seen, "seed": seed,
+            "inputs": len(items), "failed": reporter.failures}
+    del meta["dedup"]
+    save_centroids(output, centroids.cpu().numpy(), meta)
+    reporter.info(f"wrote {output} (inertia {inertia:.4g})")
+    return reporter.exit_code
+
+
+def main():
+    cli(prog_name=TOOL)
+
+
+if __name__ == "__main__":
+    main()

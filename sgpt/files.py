@@ -1,0 +1,22 @@
+"""Files written atomically: a killed run never leaves a half file that looks whole."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write through ``write(binary_file)`` to a temporary name, then rename onto ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=Path(path).absolute().parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
