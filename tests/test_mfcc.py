@@ -7,6 +7,7 @@ import pytest
 import scipy.fft
 import torch
 
+from sgpt import mfcc
 from sgpt.audio import load_audio
 from sgpt.mfcc import MfccEncoder
 
@@ -46,7 +47,7 @@ def reference_mfcc(wave: np.ndarray, cmvn: bool = True) -> np.ndarray:
 
     feats = np.concatenate([c, delta(c), delta(delta(c))], axis=1)
     if cmvn:
-        feats = (feats - feats.mean(0)) / np.sqrt(feats.var(0) + 1e-5)
+        feats = (feats - feats.mean(0)) / np.sqrt(feats.var(0) + mfcc.VAR_FLOOR)
     return feats
 
 

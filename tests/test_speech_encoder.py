@@ -36,7 +36,7 @@ def test_long_files_are_encoded_in_pieces_like_the_reference(speech_dir):
     assert torch.equal(whole, torch.cat(pieces))
     # batching pieces of several files together changes nothing
     batched = enc.features([wave, wave[:5000]], max_samples=10 ** 9)
-    assert torch.allclose(batched[0], whole, atol=1e-5)
+    assert torch.allclose(batched[0], whole, atol=1e-4)  # features have unit variance
     out = enc([wave])[0]
     assert sum(out["durations"]) == len(whole)
     assert np.all(np.diff(out["units"]) != 0)
