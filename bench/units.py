@@ -16,6 +16,7 @@ timings and unit agreement are those of the real architecture.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,7 @@ def fairseq_loop(ckpt: str, waves: list):
         from fairseq import checkpoint_utils
     except ImportError:
         return None
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # fairseq predates weights_only
     (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([ckpt])
     model.eval()
 

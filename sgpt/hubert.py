@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel
 from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as hf_logging
 
 from sgpt.audio import SAMPLE_RATE
 from sgpt.errors import CheckpointError
@@ -128,11 +129,16 @@ def _load_transformers_dir(path: str, layer: int) -> tuple[HubertModel, bool]:
         model_type = json.load(f).get("model_type")
     if model_type != "hubert":
         raise CheckpointError(f"{path}: not a HuBERT model (model_type is {model_type!r})")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # stderr is for our own lines and progress
     try:
         model, info = HubertModel.from_pretrained(path, output_loading_info=True,
                                                    dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load the model ({first_line(e)})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     missing = [k for k in info["missing_keys"] if not k.startswith("masked_spec_embed")]
     if missing:
         raise CheckpointError(f"{path}: weights missing: {', '.join(missing[:5])}")

@@ -202,6 +202,12 @@ def test_published_layouts_mhubert_pt_and_sklearn_kmeans_bin(tmp_path, wavs):
                                      "layer": 2, "k": K, "frame_rate": 50.0, "dedup": False}
     alone = "".join(run_tool("sgpt-units", *args, w).stdout for w in wavs)
     assert run_tool("sgpt-units", *args, "--batch-seconds", "30", *wavs).stdout == alone
+    # the same model as a transformers directory: same units, and a quiet stderr
+    dense.model.save_pretrained(tmp_path / "hf")
+    hf = run_tool("sgpt-units", "--checkpoint", tmp_path / "hf", "--layer", "2", "--kmeans",
+                  tmp_path / "km.bin", "--no-dedup", *wavs)
+    assert hf.returncode == 0 and hf.stderr == ""
+    assert [x["units"] for x in records(hf.stdout)] == [x["units"] for x in recs]
     bad = run_tool("sgpt-units", *args[:2], "--layer", "9", "--kmeans", tmp_path / "km.bin",
                    wavs[0])
     assert bad.returncode == 1 and "use 1 to 3" in bad.stderr and "Traceback" not in bad.stderr
