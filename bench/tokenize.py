@@ -1,0 +1,129 @@
+"""Benchmark: the fast SpeechGPT encoder against the transformers tokenizer, same strings.
+
+Realistic SpeechInstruct records (stage 2 ASR/TTS and stage 3 chain of modality, with
+utterances of 2-8 s of deduplicated units at ~40 units/s, and stage-1 lines) are encoded by
+``tokenizer(strings)["input_ids"]`` and by ``SpeechTokenizer.encode_batch(strings)``; the
+ids are asserted identical and records/s printed with their ratio. The fast path starts
+cold (empty cache) each round, so new transcripts cost what they cost.
+
+    python bench/tokenize.py                     # the test tokenizers, built here
+    python bench/tokenize.py --tokenizer DIR     # an extended tokenizer of yours
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# This file shares its name with the standard library's tokenize: keep its folder off the
+# import path, or `import inspect` (and so transformers) would import this file instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+
+import argparse  # noqa: E402
+import random  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from fakes.tokenizers import (  # noqa: E402
+    llama_dir,
+    random_sentence,
+    smollm2_source,
+)
+
+from sgpt.prompts import (  # noqa: E402
+    ASR_INSTRUCTIONS,
+    MODES,
+    TTS_INSTRUCTIONS,
+    chain_of_modality,
+    cross_modal,
+    units_text,
+)
+from sgpt.tokenizer import SpeechTokenizer, extend  # noqa: E402
+
+
+def records(n: int, seed: int, k: int) -> list[str]:
+    rng = random.Random(seed)
+
+    def utterance() -> list[int]:
+        return [rng.randrange(k) for _ in range(int(rng.uniform(2, 8) * 40))]
+
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.35:
+            ex = cross_modal(rng.choice(ASR_INSTRUCTIONS), units_text(utterance()),
+                             random_sentence(rng))
+        elif r < 0.7:
+            ex = cross_modal(rng.choice(TTS_INSTRUCTIONS), random_sentence(rng),
+                             units_text(utterance()))
+        elif r < 0.9:
+            ex = chain_of_modality(rng.choice(MODES), random_sentence(rng),
+                                   random_sentence(rng), utterance(), utterance())
+        else:
+            out.append(units_text(utterance()))
+            continue
+        out.append(ex["prefix"] + ex["plain_text"])
+    return out
+
+
+def best_of(rounds: int, fn) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench(name: str, tok: SpeechTokenizer, n: int, rounds: int, batch: int) -> float:
+    strings = records(n, 0, tok.k)
+
+    def reference():
+        return [ids for i in range(0, n, batch)
+                for ids in tok.hf(strings[i:i + batch])["input_ids"]]
+
+    def fast():
+        tok._cache.clear()
+        return [ids for i in range(0, n, batch) for ids in tok.encode_batch(strings[i:i + batch])]
+
+    t_ref, ids_ref = best_of(rounds, reference)
+    t_fast, ids_fast = best_of(rounds, fast)
+    assert ids_fast == ids_ref, f"{name}: the fast path's ids differ"
+    tokens = sum(map(len, ids_ref))
+    ratio = t_ref / t_fast
+    print(f"{name:28s} {n} records, {tokens / n:.0f} tokens each: transformers "
+          f"{n / t_ref:8.0f} records/s, fast path {n / t_fast:8.0f} records/s, "
+          f"ratio {ratio:.1f}x (ids identical)")
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", action="append", default=[],
+                        help="extended tokenizer directory (repeatable); default: the "
+                             "LLaMA-style and SmolLM2 test tokenizers, both spacings")
+    parser.add_argument("-n", type=int, default=2000, help="records")
+    parser.add_argument("--rounds", type=int, default=3, help="best of this many")
+    parser.add_argument("--batch", type=int, default=256, help="records per call")
+    args = parser.parse_args()
+    if args.tokenizer:
+        targets = [(d, SpeechTokenizer.from_dir(d)) for d in args.tokenizer]
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="sgpt-bench-"))
+        bases = [("llama-32000", str(llama_dir(tmp / "llama", size=32000)))]
+        if smollm2_source():
+            bases.append(("smollm2", smollm2_source()))
+        targets = []
+        for name, base in bases:
+            for spacing in ("reference", "plain"):
+                out = tmp / f"{name}-{spacing}"
+                extend(base, str(out), 1000, spacing=spacing)
+                targets.append((f"{name} ({spacing})", SpeechTokenizer.from_dir(str(out))))
+    for name, tok in targets:
+        bench(name, tok, args.n, args.rounds, args.batch)
+
+
+if __name__ == "__main__":
+    main()
