@@ -6,8 +6,8 @@ utterances of 2-8 s of deduplicated units at ~40 units/s, and stage-1 lines) are
 ids are asserted identical and records/s printed with their ratio. The fast path starts
 cold (empty cache) each round, so new transcripts cost what they cost.
 
-    python bench/tokenize.py                     # the test tokenizers, built here
-    python bench/tokenize.py --tokenizer DIR     # an extended tokenizer of yours
+    python bench/tokenizer_speed.py                     # the test tokenizers, built here
+    python bench/tokenizer_speed.py --tokenizer DIR     # an extended tokenizer of yours
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# This file shares its name with the standard library's tokenize: keep its folder off the
-# import path, or `import inspect` (and so transformers) would import this file instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
 import argparse  # noqa: E402
