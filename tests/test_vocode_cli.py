@@ -1,0 +1,182 @@
+"""sgpt-vocode as users run it: real pipes, a published-layout checkpoint, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import run_tool, tool
+from fakes.hifigan import (
+    fabricate_vocoder,
+    multispeaker,
+    small_config,
+    without_duration_predictor,
+)
+
+GOOD = [
+    {"id": "a", "units": [1, 5, 9, 5], "durations": [2, 1, 3, 2], "text": "kept",
+     "units_meta": {"k": 100, "dedup": True}},
+    {"id": "b", "units": [7, 7, 3, 3, 3, 60], "units_meta": {"dedup": False}},
+    {"id": "c", "units": [42, 17, 99, 0]},
+]
+
+
+def jsonl(records) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def vocoder(tmp_path_factory):
+    return fabricate_vocoder(tmp_path_factory.mktemp("vocoder"), small_config(), seed=7)
+
+
+def vocode(vocoder, *args, **kw):
+    return run_tool("sgpt-vocode", "--vocoder", vocoder, *args, **kw)
+
+
+def test_writes_wavs_and_records_that_pipe_on(vocoder, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(jsonl(GOOD))
+    out = tmp_path / "out"
+    r = vocode(vocoder, "-o", out, src)
+    assert r.returncode == 0, r.stderr
+    recs = records(r.stdout)
+    assert [x["id"] for x in recs] == ["a", "b", "c"]
+    assert recs[0]["text"] == "kept" and recs[0]["units_meta"]["k"] == 100
+    for rec in recs:
+        data, rate = sf.read(rec["audio"])
+        assert rate == 16000 and rec["audio"] == str(out / f"{rec['id']}.wav")
+        assert rec["seconds"] == pytest.approx(len(data) / 16000, abs=1e-4)
+    assert recs[0]["seconds"] == pytest.approx(8 * 0.02)  # the record's durations, exactly
+    assert recs[1]["seconds"] == pytest.approx(6 * 0.02)  # .km-style: one frame per unit
+    assert not [p for p in os.listdir(out) if not p.endswith(".wav")]  # no temp files left
+
+    # a re-run resumes: nothing is vocoded again, the same records come out
+    before = {p: os.stat(out / p).st_mtime_ns for p in os.listdir(out)}
+    again = vocode(vocoder, "-o", out, src)
+    assert again.returncode == 0 and records(again.stdout) == recs
+    assert before == {p: os.stat(out / p).st_mtime_ns for p in os.listdir(out)}
+    over = vocode(vocoder, "-o", out, "--overwrite", src)
+    assert over.returncode == 0 and before != {p: os.stat(out / p).st_mtime_ns
+                                               for p in os.listdir(out)}
+
+
+def test_unit_lines_on_stdin_and_one_wav_stream(vocoder, tmp_path):
+    lines = "<sosp><1><5><9><eosp>\n<sosp> <7> <3> <eosp>\n12 12 13 40\n"
+    r = vocode(vocoder, "-o", tmp_path, "-", input=lines)
+    assert r.returncode == 0, r.stderr
+    recs = records(r.stdout)
+    assert [x["id"] for x in recs] == ["stdin_1", "stdin_2", "stdin_3"]
+    stream = vocode(vocoder, "-o", "-", input=lines.encode())
+    assert stream.returncode == 0, stream.stderr
+    audio, rate = sf.read(io.BytesIO(stream.stdout), dtype="int16")
+    parts = [sf.read(rec["audio"], dtype="int16")[0] for rec in recs]
+    assert rate == 16000 and np.array_equal(audio, np.concatenate(parts))
+
+
+def test_batches_and_chunks_give_the_same_audio(vocoder, tmp_path):
+    long = {"id": "long", "units": list(range(0, 100, 2)) * 2}
+    src = tmp_path / "in.jsonl"
+    src.write_text(jsonl([*GOOD, long]))
+    outs = {}
+    for name, args in [("one", ["--batch-size", "1"]), ("many", ["--batch-size", "8"]),
+                       ("chunk", ["--chunk", "30", "--batch-size", "3"])]:
+        r = vocode(vocoder, "-o", "-", *args, src, input=b"")
+        assert r.returncode == 0, r.stderr
+        outs[name] = sf.read(io.BytesIO(r.stdout), dtype="int16")[0].astype(int)
+    assert np.abs(outs["one"] - outs["many"]).max() <= 1  # float rounding, at most 1 LSB
+    assert np.abs(outs["one"] - outs["chunk"]).max() <= 1
+
+
+BAD = [
+    ('{"id": "range", "units": [1, 100]}', "range: unit 100 out of range"),
+    ('{"id": "neg", "units": [1, -2]}', "neg: 'units' must be a list of integers >= 0"),
+    ('{"id": "empty", "units": []}', "empty: empty unit sequence"),
+    ('{"id": "dur", "units": [1, 2], "durations": [3]}', "dur: 'durations' and 'units' differ"),
+    ('{"id": "none", "text": "no units"}', "none: no 'units' to vocode"),
+    ('{"id": "k", "units": [1], "units_meta": {"k": 1000}}', "k: units are from k-means"),
+    ('{"id": "trunc", "units": [1, 2', "bad.jsonl:9: malformed JSON"),
+    ("<sosp><eosp>", "bad_10: empty unit sequence"),
+    ("hello", "bad.jsonl:11: not a JSON record"),
+]
+
+
+def test_bad_records_are_named_and_the_rest_vocoded(vocoder, tmp_path):
+    src = tmp_path / "bad.jsonl"
+    good = [json.dumps(r) for r in GOOD]
+    bad = [line for line, _ in BAD]
+    src.write_text("\n".join([good[0], *bad[:5], good[1], *bad[5:], good[2]]) + "\n")
+    r = vocode(vocoder, "-o", tmp_path / "out", src)
+    assert r.returncode == 1
+    assert [x["id"] for x in records(r.stdout)] == ["a", "b", "c"]
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == len(BAD) and "Traceback" not in r.stderr
+    for line, (_, message) in zip(errors, BAD):
+        assert line.startswith("sgpt-vocode: error: ") and message in line, line
+    strict = vocode(vocoder, "-o", tmp_path / "strict", "--strict", src)
+    assert strict.returncode == 1 and len(strict.stderr.strip().splitlines()) == 1
+    assert [x["id"] for x in records(strict.stdout)] == ["a"]
+
+
+def test_usage_and_checkpoint_errors(vocoder, tmp_path):
+    r = run_tool("sgpt-vocode", "-o", tmp_path, input="1 2 3\n")
+    assert r.returncode == 2 and "--vocoder" in r.stderr and "config.json" in r.stderr
+    r = vocode(vocoder, input="1 2 3\n")
+    assert r.returncode == 2 and "-o DIR" in r.stderr
+    r = vocode(vocoder, "-o", tmp_path, "--speaker", "1", input="1 2 3\n")
+    assert r.returncode == 2 and "one speaker" in r.stderr
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    g = (vocoder / "g_00500000").read_bytes()
+    (broken / "g_00000010").write_bytes(g[:len(g) // 3])
+    (broken / "config.json").write_text((vocoder / "config.json").read_text())
+    r = vocode(broken, "-o", tmp_path, input="1 2 3\n")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"sgpt-vocode: error: {broken / 'g_00000010'}: not a readable")
+
+    cfg = json.loads((vocoder / "config.json").read_text())
+    del cfg["upsample_rates"], cfg["num_embeddings"]
+    (tmp_path / "partial.json").write_text(json.dumps(cfg))
+    r = vocode(vocoder / "g_00500000", "--config", tmp_path / "partial.json", "-o", tmp_path,
+               input="1 2 3\n")
+    assert r.returncode == 1
+    assert (f"{tmp_path / 'partial.json'}: missing field(s) upsample_rates, num_embeddings"
+            in r.stderr)
+
+
+def test_speakers_and_duration_prediction(tmp_path):
+    spk = fabricate_vocoder(tmp_path / "spk", multispeaker(small_config(), 3), seed=8)
+    waves = []
+    for speaker in ("1", "2"):
+        r = vocode(spk, "-o", "-", "--speaker", speaker, "--dur-prediction", "off",
+                   input=b"<sosp><1><2><3><eosp>\n")
+        assert r.returncode == 0, r.stderr
+        waves.append(sf.read(io.BytesIO(r.stdout))[0])
+    assert len(waves[0]) == 3 * 320 == len(waves[1]) and np.abs(waves[0] - waves[1]).max() > 0
+    r = vocode(spk, "-o", "-", "--speaker", "3", input=b"1 2\n")
+    assert r.returncode == 2 and b"speakers 0 to 2" in r.stderr
+    plain = fabricate_vocoder(tmp_path / "plain", without_duration_predictor(small_config()))
+    r = vocode(plain, "-o", tmp_path, "--dur-prediction", "on", input="1 2\n")
+    assert r.returncode == 2 and "no duration predictor" in r.stderr
+    r = vocode(plain, "-o", tmp_path, input="<sosp><1><2><eosp>\n")
+    assert r.returncode == 0 and records(r.stdout)[0]["seconds"] == 0.04
+    assert "warning: deduplicated units without 'durations'" in r.stderr
+
+
+def test_closed_pipe_ends_quietly(vocoder, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(jsonl([{"id": f"u{i}", "units": [i, i + 1]} for i in range(40)]))
+    cmd = f"'{tool('sgpt-vocode')}' --vocoder '{vocoder}' -o '{tmp_path}' '{src}' | head -1"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stderr == ""

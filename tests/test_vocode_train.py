@@ -1,0 +1,147 @@
+"""sgpt-vocode train: a tiny run on real espeak-ng speech, resumed, loadable by fairseq."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import run_tool
+from fakes.hifigan import small_config
+
+from sgpt.audio import load_audio
+from sgpt.hifigan import load_vocoder, read_config
+
+K = 16
+TRAIN = ["--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "2",
+         "--log-interval", "1"]
+
+
+def tiny_kmeans_units(waves: list[np.ndarray], k: int = K, seed: int = 0) -> list[list[int]]:
+    """Units at 50 frames/s without any encoder: k-means over log spectra of 20 ms frames."""
+    feats = []
+    for wave in waves:
+        n = len(wave) // 320
+        frames = torch.from_numpy(wave[:n * 320]).view(n, 320) * torch.hann_window(320)
+        feats.append(torch.log(torch.fft.rfft(frames).abs()[:, :80] + 1e-3))
+    every = torch.cat(feats)
+    g = torch.Generator().manual_seed(seed)
+    centroids = every[torch.randperm(len(every), generator=g)[:k]].clone()
+    for _ in range(10):
+        labels = torch.cdist(every, centroids).argmin(1)
+        for c in range(k):
+            if (labels == c).any():
+                centroids[c] = every[labels == c].mean(0)
+    return [torch.cdist(f, centroids).argmin(1).tolist() for f in feats]
+
+
+def dedup(frames: list[int]) -> tuple[list[int], list[int]]:
+    units, durations = [], []
+    for u in frames:
+        if units and units[-1] == u:
+            durations[-1] += 1
+        else:
+            units.append(u)
+            durations.append(1)
+    return units, durations
+
+
+@pytest.fixture(scope="module")
+def data(speech_dir, tmp_path_factory):
+    """Training records (as sgpt-units writes them) and a tiny config."""
+    d = tmp_path_factory.mktemp("vocode_train")
+    paths = sorted(speech_dir.glob("*.wav"))
+    records = []
+    for path, frames in zip(paths, tiny_kmeans_units([load_audio(p) for p in paths])):
+        units, durations = dedup(frames)
+        records.append({"id": path.stem, "audio": str(path), "units": units,
+                        "durations": durations, "units_meta": {"k": K, "dedup": True}})
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    bad = [{"id": "missing", "audio": str(d / "nope.wav"), "units": [1], "durations": [2]},
+           {"id": "nodur", "audio": str(paths[0]), "units": [1, 2, 3]}]
+    (d / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    cfg = small_config(num_embeddings=K, discriminator_channel_divisor=8)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d, records
+
+
+def train(d, out, steps, *extra):
+    return run_tool("sgpt-vocode", "train", "--config", d / "config.json", "-o", out,
+                    "--steps", steps, *TRAIN, *extra)
+
+
+def log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_train_resume_and_load_in_fairseq(data, tmp_path):
+    d, records = data
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+
+    r = train(d, straight, 3, d / "train.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in straight.iterdir()) == [
+        "config.json", "do_00000002", "do_00000003", "g_00000002", "g_00000003",
+        "train_log.jsonl"]
+    entries = log(straight)
+    assert [e["step"] for e in entries] == [1, 2, 3]
+    for e in entries:
+        for key in ("loss_gen_all", "mel_error", "loss_fm", "loss_adv", "loss_disc", "loss_dur"):
+            assert np.isfinite(e[key]) and e[key] >= 0
+    cfg = read_config(str(straight / "config.json"))
+    assert cfg.num_embeddings == K and cfg.extra["batch_size"] == 2
+    assert cfg.extra["segment_size"] == 1920
+
+    # bad records are named and skipped; the run stops at 2, then resumes to 3
+    r = train(d, resumed, 2, d / "train.jsonl", d / "bad.jsonl")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "sgpt-vocode: error: missing: " in r.stderr
+    assert "sgpt-vocode: error: nodur: deduplicated units without 'durations'" in r.stderr
+    r = train(d, resumed, 3, d / "train.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from step 2" in r.stderr
+    assert [e["step"] for e in log(resumed)] == [1, 2, 3]
+    for name in ("g_00000003", "do_00000003"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(resumed / name, weights_only=True)
+        for part in ("generator", "mpd", "msd"):
+            if part in a:
+                assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
+    assert torch.load(resumed / "do_00000003", weights_only=True)["steps"] == 3
+    done = train(d, resumed, 3, d / "train.jsonl")
+    assert done.returncode == 0 and "already holds step 3" in done.stderr
+
+    # the result loads in fairseq's CodeHiFiGANVocoder and sounds the same there
+    vocoder = pytest.importorskip("fairseq.models.text_to_speech.vocoder")
+    ref = vocoder.CodeHiFiGANVocoder(str(straight / "g_00000003"),
+                                     json.loads((straight / "config.json").read_text()))
+    ours = load_vocoder(str(straight))
+    units = torch.tensor([records[0]["units"][:30]])
+    with torch.no_grad():
+        want = ref({"code": units.clone()}, dur_prediction=True)
+        got, _ = ours(units, predict_durations=True)
+    assert (got[0] - want).abs().max() <= 1e-4
+
+    # and sgpt-vocode vocodes the training records with it, at their own durations
+    r = run_tool("sgpt-vocode", "--vocoder", straight, "-o", tmp_path / "wav",
+                 d / "train.jsonl")
+    assert r.returncode == 0, r.stderr
+    for rec, src in zip(map(json.loads, r.stdout.splitlines()), records):
+        assert sf.info(rec["audio"]).frames == 320 * sum(src["durations"])
+
+
+def test_training_errors(data, tmp_path):
+    d, _ = data
+    r = train(d, tmp_path / "x", 1, d / "bad.jsonl")
+    assert r.returncode == 1 and "no usable training records" in r.stderr
+    cfg = json.loads((d / "config.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**cfg, "upsample_initial_channel": 64}))
+    first = train(d, tmp_path / "y", 1, d / "train.jsonl")
+    assert first.returncode == 0, first.stderr
+    r = run_tool("sgpt-vocode", "train", "--config", tmp_path / "other.json", "-o",
+                 tmp_path / "y", "--steps", 2, d / "train.jsonl")
+    assert r.returncode == 1 and "architecture differs" in r.stderr
+    r = train(d, tmp_path / "z", 1, "--segment-size", "1000", d / "train.jsonl")
+    assert r.returncode == 1 and "multiple of code_hop_size 320" in r.stderr
