@@ -1,0 +1,442 @@
+"""Talking to a SpeechGPT model: prompts from records, batched decoding, answer records.
+
+``build_prompt`` turns a record into the token ids the reference feeds its model (the
+system prefix, ``[Human]: {question} <eoh>. [SpeechGPT]: ``, encoded as the tokenizer
+encodes the whole string). ``Generator`` decodes many prompts at once and yields each as
+soon as it is finished:
+
+* the system prefix is the same for every chat/asr/tts prompt: its key/value cache is
+  computed once and copied into every batch, so only the question is run through the model;
+* a batch is laid out ``[prefix][left padding][question]``; position ids count real tokens
+  only, so each row computes what it would alone;
+* each row stops on its own (``<eoa>``, EOS, ``<eosp>`` for unit continuation, its token
+  budget, the model's context) and leaves the batch at once: finished rows cost nothing;
+* sampling (temperature, top-k, top-p, in that order, as transformers applies them) draws
+  from a generator seeded by ``(seed, record id)``, so a record's answer depends on the
+  seed and the record, not on the batch it shares or the order of the input.
+
+``answer_record`` turns a finished prompt into the output record: the answer in ``units`` /
+``text`` (so it pipes into sgpt-vocode), ``transcript``, ``raw``, and ``prompt`` (the input
+record minus its id).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from sgpt.answers import Answer, parse_answer
+from sgpt.errors import RecordError
+from sgpt.prompts import (
+    ASR_INSTRUCTIONS,
+    EOA,
+    EOSP,
+    SOSP,
+    TTS_INSTRUCTIONS,
+    check_text,
+    inference_prompt,
+    task_question,
+    unit_token,
+    units_text,
+)
+from sgpt.tokenizer import SpeechTokenizer
+
+TASKS = ("chat", "asr", "tts", "continue")
+DEFAULT_INSTRUCTIONS = {"asr": ASR_INSTRUCTIONS[0], "tts": TTS_INSTRUCTIONS[0]}
+# Keys that describe the question: they go into "prompt" only, never to the answer's top level.
+QUESTION_KEYS = ("units", "durations", "text", "audio", "units_meta", "task", "instruction",
+                 "transcript", "raw", "prompt", "seconds", "source_audio")
+
+
+@dataclass
+class Sampling:
+    """Decoding settings; the defaults are the reference's."""
+
+    greedy: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 50
+    max_new_tokens: int = 2048
+    min_new_tokens: int = 10
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (use greedy decoding instead)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0 or self.max_new_tokens < 1 or self.min_new_tokens < 0:
+            raise ValueError("top_k and min_new_tokens must be >= 0, max_new_tokens >= 1")
+
+
+@dataclass
+class Prompt:
+    """One record's question, as token ids."""
+
+    record: dict
+    task: str
+    ids: list[int]
+    spoken: bool = False          # the question holds speech (the answer starts with its
+    #                               transcript)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+
+@dataclass
+class Result:
+    """A finished prompt: the new token ids and why decoding stopped."""
+
+    prompt: Prompt
+    new_ids: list[int]
+    stop: str                     # eoa, eos, eosp, length, context
+
+
+# --- prompts ------------------------------------------------------------------------------
+
+def _dedup(units: list[int]) -> list[int]:
+    return [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
+
+
+def question_units(record: dict, k: int) -> list[int] | None:
+    """The record's units checked against the model's k (deduplicated if they are not)."""
+    rid = record["id"]
+    if "units" not in record:
+        return None
+    units = record["units"]
+    meta = record.get("units_meta")
+    if isinstance(meta, dict) and isinstance(meta.get("k"), int) and meta["k"] != k:
+        raise RecordError(rid, f"units are from k-means with k={meta['k']}, the model has "
+                               f"{k} unit tokens")
+    bad = [u for u in units if not 0 <= u < k]
+    if bad:
+        raise RecordError(rid, f"unit {bad[0]} is unknown to the tokenizer (it has units "
+                               f"0..{k - 1})")
+    if not units:
+        return None
+    if isinstance(meta, dict) and meta.get("dedup") is False:
+        units = _dedup(units)  # SpeechGPT hears deduplicated units
+    return units
+
+
+def prompt_text(record: dict, k: int, default_task: str = "chat",
+                instructions: dict | None = None) -> tuple[str, str, bool]:
+    """``(task, prompt text, spoken)`` of a record; RecordError naming it if it is bad.
+
+    * chat: ``text`` (a text question), ``units`` (a spoken one), or both (``text`` is an
+      instruction about the speech: ``{text} This is input: <sosp>…<eosp>``);
+    * asr: ``units``, with the record's ``instruction`` or the default one;
+    * tts: ``text``, with the record's ``instruction`` or the default one;
+    * continue: ``units``; the prompt is ``<sosp><u>…`` left open (stage-1 models).
+    """
+    rid = record["id"]
+    task = record.get("task", default_task)
+    if task not in TASKS:
+        raise RecordError(rid, f"unknown task {task!r} (use {', '.join(TASKS)})")
+    units = question_units(record, k)
+    has_text = "text" in record
+    instructions = {**DEFAULT_INSTRUCTIONS, **(instructions or {})}
+    if task in ("asr", "tts"):
+        instruction = record.get("instruction", instructions[task])
+        instruction = check_text(instruction, "instruction", rid)
+    if task == "chat":
+        if units is None and (not has_text or not str(record["text"]).strip()):
+            raise RecordError(rid, "nothing to answer: no 'text' and no 'units'")
+        if units is None:
+            return task, inference_prompt(check_text(record["text"], "text", rid)), False
+        if has_text:
+            question = task_question(check_text(record["text"], "text", rid),
+                                     units_text(units))
+        else:
+            question = units_text(units)
+        return task, inference_prompt(question), True
+    if task == "asr":
+        if units is None:
+            raise RecordError(rid, "task asr needs 'units' (a non-empty list)")
+        return task, inference_prompt(task_question(instruction, units_text(units))), True
+    if task == "tts":
+        if not has_text:
+            raise RecordError(rid, "task tts needs 'text'")
+        text = check_text(record["text"], "text", rid)
+        return task, inference_prompt(task_question(instruction, text)), False
+    if units is None:
+        raise RecordError(rid, "task continue needs 'units' (a non-empty list)")
+    return task, SOSP + "".join(unit_token(u) for u in units), True
+
+
+def build_prompt(record: dict, tokenizer: SpeechTokenizer, max_length: int | None = None,
+                 truncate: bool = False, default_task: str = "chat",
+                 instructions: dict | None = None, room: int = 1) -> Prompt:
+    """The record's prompt as token ids (exactly the tokenizer's ids of the whole string).
+
+    ``max_length``: the model's context; a prompt must leave ``room`` tokens to generate.
+    A longer one is an error, unless ``truncate``: then the question's units are cut from
+    their end until it fits (noted in ``Prompt.notes``); text is never cut.
+    """
+    task, text, spoken = prompt_text(record, tokenizer.k, default_task, instructions)
+    ids = tokenizer.encode(text)
+    notes: list[str] = []
+    if max_length is not None and len(ids) + room > max_length:
+        units = question_units(record, tokenizer.k)
+        if not truncate or not units:
+            raise RecordError(record["id"], f"prompt of {len(ids)} tokens leaves no room in "
+                                            f"the model's context of {max_length} tokens"
+                              + ("" if truncate or not units else
+                                 " (--truncate cuts the question's units to fit)"))
+        over = len(ids) + room - max_length
+        keep = len(units) - over
+        if keep < 1:
+            raise RecordError(record["id"], "prompt does not fit the model's context even "
+                                            "with its units cut")
+        cut = {**record, "units": units[:keep]}
+        cut.pop("durations", None)
+        task, text, spoken = prompt_text(cut, tokenizer.k, default_task, instructions)
+        ids = tokenizer.encode(text)
+        notes.append(f"question truncated to its first {keep} of {len(units)} units")
+    return Prompt(record, task, ids, spoken, notes)
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+def row_seed(seed: int, record_id: str) -> int:
+    data = f"{seed}\0{record_id}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") >> 1
+
+
+def _common_prefix(a: list[int], b: list[int]) -> list[int]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def system_prefix_ids(tokenizer: SpeechTokenizer) -> list[int]:
+    """The ids every inference prompt starts with (BOS, the system prefix, ``[Human]``…).
+
+    Found as the common start of prompts with different questions, since an added token
+    may take whitespace from the text before it (the prefix's last newline, here).
+    """
+    probes = [inference_prompt(q) for q in ("Hello", units_text([0]), "1 2 3")]
+    ids = [tokenizer.encode(p) for p in probes]
+    common = ids[0]
+    for other in ids[1:]:
+        common = _common_prefix(common, other)
+    return common[:-1]  # keep the last shared token out: it may merge with a question
+
+
+@dataclass
+class _Row:
+    prompt: Prompt
+    generator: torch.Generator | None
+    budget: int
+    new_ids: list[int] = field(default_factory=list)
+
+
+class Generator:
+    """Batched decoding with a shared system-prefix cache; see the module docstring."""
+
+    def __init__(self, model, tokenizer: SpeechTokenizer, sampling: Sampling | None = None,
+                 batch_size: int = 8, prefix_cache: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or Sampling()
+        self.sampling.check()
+        self.batch_size = max(1, batch_size)
+        self.device = next(model.parameters()).device
+        self.eos_id = tokenizer.eos_id
+        self.eosp_id = tokenizer.markers.get(EOSP)
+        self.pad_id = tokenizer.hf.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.eos_id if self.eos_id is not None else 0
+        config = model.config
+        self.max_length = getattr(config, "max_position_embeddings", None)
+        self.prefix_ids = system_prefix_ids(tokenizer) if prefix_cache else []
+        self._prefix_cache = None
+        # tokens whose text can end "<eoa>": only after one of them is the tail decoded
+        vocab = tokenizer.hf.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self._closing = torch.zeros(max(len(tokenizer), config.vocab_size), dtype=torch.bool)
+        for i, piece in enumerate(vocab):
+            if piece is not None and (">" in piece or piece == "<0x3E>"):
+                self._closing[i] = True
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.stats = {"prompt_tokens": 0, "prefix_tokens_reused": 0, "new_tokens": 0}
+
+    # --- the model ---------------------------------------------------------------------
+
+    def _forward(self, ids, mask, positions, cache):
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         use_cache=True, **{self._cache_arg: cache})
+        cache = out.get("cache", None) or out.get("past_key_values", None)
+        return out.logits[:, -1].float(), cache
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    @torch.inference_mode()
+    def prefix_cache(self):
+        """The key/value cache of the system prefix (computed on first use)."""
+        if self._prefix_cache is None and self.prefix_ids:
+            ids = torch.tensor([self.prefix_ids], device=self.device)
+            _, cache = self._forward(ids, torch.ones_like(ids),
+                                     torch.arange(len(self.prefix_ids), device=self.device)[None],
+                                     self._new_cache())
+            self._prefix_cache = cache
+        return self._prefix_cache
+
+    def _uses_prefix(self, prompt: Prompt) -> bool:
+        n = len(self.prefix_ids)
+        return n > 0 and len(prompt.ids) > n and prompt.ids[:n] == self.prefix_ids
+
+    # --- public ------------------------------------------------------------------------
+
+    def generate(self, prompts: Iterable[Prompt]) -> Iterator[Result]:
+        """Decode every prompt; yield each as soon as it is finished (not in input order).
+
+        Consecutive prompts are batched, ``batch_size`` at a time; prompts that start with
+        the system prefix share its cache, the others (unit continuations) run whole.
+        """
+        pending: dict[bool, list[Prompt]] = {True: [], False: []}
+        for prompt in prompts:
+            group = pending[self._uses_prefix(prompt)]
+            group.append(prompt)
+            if len(group) >= self.batch_size:
+                yield from self._batch(group[:])
+                group.clear()
+        for uses_prefix in (True, False):
+            if pending[uses_prefix]:
+                yield from self._batch(pending[uses_prefix])
+
+    @torch.inference_mode()
+    def _batch(self, prompts: list[Prompt]) -> Iterator[Result]:
+        s = self.sampling
+        device = self.device
+        uses_prefix = self._uses_prefix(prompts[0])
+        start = len(self.prefix_ids) if uses_prefix else 0
+        rows = []
+        for p in prompts:
+            budget = s.max_new_tokens
+            if self.max_length is not None:
+                budget = max(1, min(budget, self.max_length - len(p.ids)))
+            g = None
+            if not s.greedy:
+                g = torch.Generator(device=device)
+                g.manual_seed(row_seed(s.seed, p.id))
+            rows.append(_Row(p, g, budget))
+            self.stats["prompt_tokens"] += len(p.ids)
+            self.stats["prefix_tokens_reused"] += start
+        suffixes = [p.ids[start:] for p in prompts]
+        width = max(len(x) for x in suffixes)
+        b = len(prompts)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, start + width), dtype=torch.long)
+        mask[:, :start] = 1
+        for r, x in enumerate(suffixes):
+            ids[r, width - len(x):] = torch.tensor(x)
+            mask[r, start + width - len(x):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, start:]
+        if uses_prefix:
+            cache = copy.deepcopy(self.prefix_cache())
+            cache.batch_repeat_interleave(b)
+        else:
+            cache = self._new_cache()
+        logits, cache = self._forward(ids, mask, positions, cache)
+        last_pos = positions[:, -1]
+        step = 0
+        while True:
+            tokens = self._choose(logits, rows, step)
+            keep: list[int] = []
+            for r, row in enumerate(rows):
+                token = int(tokens[r])
+                stop = self._stop(row, token)
+                if stop is None:
+                    keep.append(r)
+                    continue
+                self.stats["new_tokens"] += len(row.new_ids)
+                yield Result(row.prompt, row.new_ids, stop)
+            if not keep:
+                return
+            step += 1
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
+                rows = [rows[r] for r in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            last_pos = last_pos + 1
+            logits, cache = self._forward(tokens[:, None], mask, last_pos[:, None], cache)
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row], step: int) -> torch.Tensor:
+        s = self.sampling
+        if step < s.min_new_tokens and self.eos_id is not None:
+            logits[:, self.eos_id] = float("-inf")
+        if s.greedy:
+            return logits.argmax(-1)
+        logits = logits / s.temperature
+        if 0 < s.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if s.top_p < 1:
+            ordered, order = torch.sort(logits, descending=True, dim=-1)
+            probs = ordered.softmax(-1)
+            # drop a token when the ones before it already hold top_p (keep at least one)
+            drop = (probs.cumsum(-1) - probs) > s.top_p
+            drop[:, 0] = False
+            logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        probs = logits.softmax(-1)
+        return torch.cat([torch.multinomial(probs[r], 1, generator=row.generator)
+                          for r, row in enumerate(rows)])
+
+    def _stop(self, row: _Row, token: int) -> str | None:
+        """Append ``token`` to the row; why it stops now, or None to go on."""
+        if token == self.eos_id:
+            return "eos"
+        row.new_ids.append(token)
+        if row.prompt.task == "continue":
+            if token == self.eosp_id:
+                return "eosp"
+        elif self._closing[token] and EOA in self.tokenizer.decode(row.new_ids[-8:]):
+            return "eoa"
+        if len(row.new_ids) >= row.budget:
+            return "length" if row.budget == self.sampling.max_new_tokens else "context"
+        return None
+
+
+# --- answers ------------------------------------------------------------------------------
+
+def answer_record(result: Result, tokenizer: SpeechTokenizer) -> tuple[dict, Answer]:
+    """The output record of a finished prompt, and the parsed answer (for its notes)."""
+    prompt = result.prompt
+    record = prompt.record
+    raw = tokenizer.decode(result.new_ids)
+    answer = parse_answer(raw, prompt.task, tokenizer.k, prompt.spoken)
+    if result.stop in ("length", "context"):
+        limit = "token budget" if result.stop == "length" else "model's context"
+        answer.notes.append(f"stopped at the {limit} ({len(result.new_ids)} new tokens) "
+                            "before the end of the answer")
+    out = {"id": record["id"]}
+    out.update({k: v for k, v in record.items() if k not in QUESTION_KEYS and k != "id"})
+    out["task"] = prompt.task
+    out.update(answer.fields())
+    if answer.units is not None:
+        meta = record.get("units_meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta.update(k=tokenizer.k, dedup=True)
+        out["units_meta"] = meta
+    out["raw"] = raw
+    out["prompt"] = {k: v for k, v in record.items() if k != "id"}
+    answer.notes = prompt.notes + answer.notes
+    return out, answer
