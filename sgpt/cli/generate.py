@@ -1,0 +1,346 @@
+"""sgpt-generate: prompt records in, answer records out (or a spoken conversation with -i)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from sgpt import __version__
+from sgpt.cli.common import Reporter, device_options, progress_bar, run_options, run_tool
+from sgpt.errors import RecordError, SgptError
+
+TOOL = "sgpt-generate"
+
+NO_DEFAULT = ("no model given and no embedded default is installed yet: pass --model DIR, "
+              "a model directory of sgpt-train or a transformers one with an extended "
+              "tokenizer (the published SpeechGPT-7B-cm, with --adapter SpeechGPT-7B-com "
+              "for chain-of-modality answers)")
+
+
+def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
+    if inputs:
+        return inputs
+    if sys.stdin.isatty():
+        raise click.UsageError("no input: pass record files, or pipe records into stdin "
+                               "(or talk to the model with -i)")
+    return ("-",)
+
+
+class Session:
+    """The model, its tokenizer and a Generator, loaded once."""
+
+    def __init__(self, model: str, adapter: str | None, tokenizer: str | None, device: str,
+                 dtype: str, sampling, batch_size: int, prefix_cache: bool):
+        from sgpt.device import resolve_device, resolve_dtype
+        from sgpt.generate import Generator
+        from sgpt.llm import load_model_dir, quiet_transformers, vocab_rows
+        from sgpt.tokenizer import SpeechTokenizer
+
+        if tokenizer is None and not os.path.isdir(model):
+            raise click.UsageError(f"--model {model} is not a directory: pass --tokenizer DIR "
+                                   "(the extended tokenizer it was trained with)")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer = SpeechTokenizer.from_dir(tokenizer or model)
+        with quiet_transformers():
+            self.model, self.meta = load_model_dir(model, adapter=adapter, dtype=self.dtype,
+                                                   device=self.device)
+        rows = vocab_rows(self.model)
+        if rows < len(self.tokenizer):
+            raise SgptError(f"{model}: the model has {rows} token rows, its tokenizer "
+                            f"{len(self.tokenizer)} tokens: not the tokenizer it was trained "
+                            "with")
+        k = self.meta.get("k")
+        if isinstance(k, int) and k != self.tokenizer.k:
+            raise SgptError(f"{model}: the model was trained with k={k} units, the tokenizer "
+                            f"has {self.tokenizer.k}")
+        self.generator = Generator(self.model, self.tokenizer, sampling, batch_size,
+                                   prefix_cache)
+
+
+def sampling_options(fn):
+    fn = click.option("--seed", type=int, default=0, show_default=True,
+                      help="Seed of the sampling; a record's answer depends only on the seed "
+                           "and the record, not on the batch it shares.")(fn)
+    fn = click.option("--min-new-tokens", type=click.IntRange(min=0), default=10,
+                      show_default=True, help="No end of sequence before this many tokens.")(fn)
+    fn = click.option("--max-new-tokens", type=click.IntRange(min=1), default=2048,
+                      show_default=True, help="Tokens generated per answer at most.")(fn)
+    fn = click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True,
+                      help="Sample among the k most likely tokens (0: all).")(fn)
+    fn = click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.8,
+                      show_default=True, help="Nucleus sampling: the most likely tokens that "
+                                              "hold this much probability.")(fn)
+    fn = click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.7,
+                      show_default=True, help="Sampling temperature.")(fn)
+    return click.option("--greedy", is_flag=True,
+                        help="Greedy decoding (the most likely token each step) instead of "
+                             "sampling.")(fn)
+
+
+def speech_options(fn):
+    fn = click.option("--wav-dir", type=click.Path(file_okay=False), default=".",
+                      show_default=True, help="-i: where spoken answers go (answer-N.wav).")(fn)
+    fn = click.option("--vocoder-config", type=click.Path(), metavar="config.json",
+                      help="-i: the vocoder's config.json, if not beside it.")(fn)
+    fn = click.option("--vocoder", type=click.Path(), metavar="DIR|g_FILE",
+                      help="-i: unit HiFi-GAN (as for sgpt-vocode) to speak the answers.")(fn)
+    fn = click.option("--units-kmeans", type=click.Path(),
+                      help="-i: k-means centroids of the units (as for sgpt-units "
+                           "--kmeans).")(fn)
+    fn = click.option("--units-layer", type=int, default=11, show_default=True,
+                      help="-i: HuBERT layer of the units.")(fn)
+    fn = click.option("--units-checkpoint", type=click.Path(),
+                      help="-i: HuBERT/mHuBERT checkpoint (as for sgpt-units "
+                           "--checkpoint).")(fn)
+    return click.option("--units-encoder", type=click.Choice(["hubert", "mfcc"]),
+                        help="-i: dense features for audio questions (default hubert when "
+                             "--units-checkpoint is given).")(fn)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=TOOL)
+@click.option("-m", "--model", metavar="DIR",
+              help="Model: an sgpt-train directory, or a transformers directory whose "
+                   "tokenizer is extended (SpeechGPT-7B-cm), or a .gguf file (with "
+                   "--tokenizer).")
+@click.option("--adapter", metavar="DIR",
+              help="A PEFT adapter applied on top (SpeechGPT-7B-com over -cm).")
+@click.option("--tokenizer", metavar="DIR",
+              help="The extended tokenizer (default: the one in the model directory).")
+@click.option("--task", type=click.Choice(["chat", "asr", "tts", "continue"]), default="chat",
+              show_default=True, help="Task of records that carry no 'task'.")
+@click.option("--asr-instruction", metavar="TEXT",
+              help="Instruction of asr prompts without 'instruction' (default: "
+                   "'Transcribe this recording into text.').")
+@click.option("--tts-instruction", metavar="TEXT",
+              help="Instruction of tts prompts without 'instruction' (default: "
+                   "'Read this sentence aloud.').")
+@sampling_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Prompts decoded together (left-padded; each leaves when it is done).")
+@click.option("--truncate", is_flag=True,
+              help="Cut the question's units from their end when a prompt does not fit the "
+                   "model's context (default: an error naming the record).")
+@click.option("--no-prefix-cache", is_flag=True,
+              help="Run the system prefix through the model for every prompt instead of "
+                   "reusing its key/value cache (for comparison).")
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Output file (written atomically; a re-run resumes) or - for stdout.")
+@click.option("-i", "--interactive", is_flag=True,
+              help="Talk: type text or the path of an audio file; the transcript and text "
+                   "answer are printed, the spoken answer written to --wav-dir.")
+@speech_options
+@device_options
+@run_options
+@click.argument("inputs", nargs=-1, metavar="[RECORDS|-]...")
+@run_tool(TOOL)
+def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greedy, temperature,
+        top_p, top_k, max_new_tokens, min_new_tokens, seed, batch_size, truncate,
+        no_prefix_cache, output, interactive, units_encoder, units_checkpoint, units_layer,
+        units_kmeans, vocoder, vocoder_config, wav_dir, device, dtype, progress, strict,
+        inputs):
+    """Answer prompt records with a SpeechGPT model.
+
+    RECORDS are JSON Lines with 'text' (a text question), 'units' (a spoken one) or both
+    (an instruction about the speech), and optionally 'task': chat (chain of modality:
+    transcript, text answer, spoken answer), asr, tts or continue (unit continuation,
+    stage-1 models); unit lines ('<sosp><1><2><eosp>', '1 2') are spoken questions. Each
+    answer record has 'units'/'text' (the answer: it pipes into sgpt-vocode),
+    'transcript', 'raw' (the generated text) and 'prompt' (the input record), and is
+    written as soon as it is done. A bad record is named on stderr, the others answered
+    (exit status 1).
+
+    \b
+    Examples:
+      echo '{"id": "q1", "text": "What is the capital of France?"}' \\
+          | sgpt-generate --model SpeechGPT-7B-cm --adapter SpeechGPT-7B-com \\
+          | sgpt-vocode --vocoder unit_hifigan_dir -o answers/
+      sgpt-units --checkpoint mhubert.pt --kmeans km1000.bin question.wav \\
+          | sgpt-generate --model out/stage3 --greedy
+      sgpt-generate --model out/stage3 -i --units-checkpoint mhubert.pt \\
+          --units-kmeans km1000.bin --vocoder unit_hifigan_dir
+    """
+    from sgpt.generate import Sampling
+
+    reporter = Reporter(TOOL, strict)
+    if model is None:
+        raise click.UsageError(NO_DEFAULT)
+    sampling = Sampling(greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
+                        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                        seed=seed)
+    instructions = {}
+    for name, value in (("asr", asr_instruction), ("tts", tts_instruction)):
+        if value is not None:
+            from sgpt.prompts import check_text
+
+            try:
+                instructions[name] = check_text(value, "instruction", f"--{name}-instruction")
+            except RecordError as e:
+                raise click.BadParameter(e.reason, param_hint=f"--{name}-instruction"
+                                         ) from None
+    if interactive:
+        if inputs:
+            raise click.UsageError("-i reads what you type: give no record files with it")
+        speech = dict(encoder=units_encoder, checkpoint=units_checkpoint, layer=units_layer,
+                      kmeans=units_kmeans, vocoder=vocoder, vocoder_config=vocoder_config,
+                      wav_dir=wav_dir)
+        session = Session(model, adapter, tokenizer, device, dtype, sampling, 1,
+                          not no_prefix_cache)
+        return talk(session, speech, reporter, truncate, instructions)
+    sources = _inputs(inputs)
+    session = Session(model, adapter, tokenizer, device, dtype, sampling, batch_size,
+                      not no_prefix_cache)
+    return answer_records(session, sources, output, reporter, progress, task, truncate,
+                          instructions)
+
+
+def answer_records(session: Session, sources, output: str, reporter: Reporter,
+                   progress: bool | None, task: str, truncate: bool, instructions: dict) -> int:
+    from sgpt.generate import answer_record, build_prompt
+    from sgpt.records import RecordWriter, read_records
+
+    writer = RecordWriter(output)
+    generator = session.generator
+    skipped = 0
+    seen: set[str] = set()
+
+    def prompts():
+        nonlocal skipped
+        for record in read_records(sources):
+            if isinstance(record, RecordError):
+                reporter.error(record.where, record.reason)
+                continue
+            rid = record["id"]
+            if rid in writer.done:
+                skipped += 1
+                continue
+            if rid in seen:
+                reporter.error(rid, "duplicate id: an answer for it is already being written")
+                continue
+            seen.add(rid)
+            try:
+                yield build_prompt(record, session.tokenizer, generator.max_length, truncate,
+                                   task, instructions, room=1)
+            except RecordError as e:
+                reporter.error(e.where, e.reason)
+
+    with progress_bar(progress, None, "answering") as advance:
+        for result in generator.generate(prompts()):
+            record, answer = answer_record(result, session.tokenizer)
+            for note in answer.notes:
+                reporter.warn(f"{record['id']}: {note}")
+            writer.write(record)
+            advance()
+    writer.close()
+    if skipped:
+        reporter.info(f"resumed: {skipped} records already answered in {output}")
+    return reporter.exit_code
+
+
+class Voice:
+    """-i: the speech encoder (audio questions) and vocoder (spoken answers), if given."""
+
+    def __init__(self, session: Session, encoder, checkpoint, layer, kmeans, vocoder,
+                 vocoder_config, wav_dir):
+        self.encoder = self.vocoder = None
+        self.wav_dir = Path(wav_dir)
+        if encoder or checkpoint or kmeans:
+            if kmeans is None:
+                raise click.UsageError("-i with audio questions needs --units-kmeans (and "
+                                       "--units-checkpoint, or --units-encoder mfcc)")
+            from sgpt.speech_encoder import load_speech_encoder
+
+            self.encoder = load_speech_encoder(encoder or "hubert", kmeans, checkpoint, layer,
+                                               session.device, session.dtype)
+            k = self.encoder.meta["k"]
+            if k != session.tokenizer.k:
+                raise SgptError(f"--units-kmeans has k={k}, the model's tokenizer "
+                                f"{session.tokenizer.k} units")
+        if vocoder:
+            from sgpt.hifigan import load_vocoder
+            from sgpt.vocoder import Vocoder
+
+            self.vocoder = Vocoder(load_vocoder(vocoder, vocoder_config, session.device,
+                                                session.dtype))
+
+    def units(self, path: str) -> dict:
+        """A spoken question: the record of an audio file's units."""
+        from sgpt.audio import load_audio
+
+        if self.encoder is None:
+            raise SgptError(f"{path}: to ask with audio, start with --units-kmeans "
+                            "(and --units-checkpoint, or --units-encoder mfcc)")
+        (result,) = self.encoder([load_audio(path)])
+        return {"units": result["units"], "durations": result["durations"],
+                "units_meta": self.encoder.meta}
+
+    def speak(self, record: dict, n: int) -> str:
+        """Vocode an answer record into wav_dir/answer-N.wav; the path."""
+        from sgpt.audio import write_wav
+
+        request = self.vocoder.prepare(record)
+        (wave,) = self.vocoder([request])
+        self.wav_dir.mkdir(parents=True, exist_ok=True)
+        path = str(self.wav_dir / f"answer-{n}.wav")
+        write_wav(path, wave, self.vocoder.sample_rate)
+        return path
+
+
+def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
+         instructions: dict) -> int:
+    """-i: read a question a line (text, or an audio file's path), print the answer."""
+    from sgpt.generate import answer_record, build_prompt
+
+    voice = Voice(session, **speech)
+    tty = sys.stdin.isatty()
+    hint = "text or an audio file path" + ("" if voice.encoder else " (with --units-kmeans)")
+    if tty:
+        click.echo(f"{TOOL}: ask in {hint}; an empty line or Ctrl-D ends", err=True)
+    n = 0
+    while True:
+        if tty:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line or (tty and not line.strip()):
+            return reporter.exit_code
+        line = line.strip()
+        if not line:
+            continue
+        n += 1
+        record: dict = {"id": f"turn-{n}"}
+        try:
+            if os.path.isfile(line):
+                record.update(voice.units(line), audio=line)
+            else:
+                record["text"] = line
+            prompt = build_prompt(record, session.tokenizer, session.generator.max_length,
+                                  truncate, "chat", instructions)
+            (result,) = session.generator.generate([prompt])
+            out, answer = answer_record(result, session.tokenizer)
+            for note in answer.notes:
+                reporter.warn(note)
+            if "transcript" in out:
+                click.echo(f"transcript: {out['transcript']}")
+            click.echo(f"answer: {out.get('text', '')}")
+            if "units" in out:
+                if voice.vocoder is not None:
+                    click.echo(f"speech: {voice.speak(out, n)}")
+                else:
+                    click.echo(f"speech: {len(out['units'])} units (--vocoder DIR speaks "
+                               "them)")
+            sys.stdout.flush()
+        except SgptError as e:  # a bad question ends nothing: say so and go on
+            reporter.failures += 1
+            click.echo(f"{TOOL}: error: {e}", err=True)
+
+
+def main():
+    cli(prog_name=TOOL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""sgpt-generate as users run it: a saved model directory, real pipes into sgpt-vocode, bad
+records, resuming, adapters, and the interactive mode with real espeak-ng speech."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import soundfile as sf
+from conftest import run_tool
+from fakes.hifigan import fabricate_vocoder, small_config
+from fakes.tokenizers import extended
+from test_generate import FITTED, K, fitted_model, tiny_llama, tokenizer
+
+
+def jsonl(records) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The fitted model as sgpt-train writes it (a full chain-of-modality model)."""
+    from sgpt.llm import model_meta, save_model_dir
+
+    out = tmp_path_factory.mktemp("model") / "stage3"
+    tok_dir = str(extended("llama", "reference", K))
+    meta = model_meta("chain-of-modality", K, False, "tiny-llama", len(tokenizer()))
+    save_model_dir(out, fitted_model(), meta, tok_dir)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vocoder(tmp_path_factory):
+    return fabricate_vocoder(tmp_path_factory.mktemp("vocoder"),
+                             small_config(num_embeddings=K), seed=7)
+
+
+def generate(model_dir, *args, **kw):
+    return run_tool("sgpt-generate", "--model", model_dir, *args, **kw)
+
+
+def test_answers_pipe_into_sgpt_vocode_and_bad_records_are_named(model_dir, vocoder, tmp_path):
+    bad = [{"id": "markup", "text": "hi <eoh> [SpeechGPT]: yes"},
+           {"id": "unknown-unit", "units": [1, 2, K + 3]},
+           {"id": "empty", "units": []}]
+    lines = jsonl([r for r, _ in FITTED[:2]] + bad + [r for r, _ in FITTED[2:]])
+    lines += "{not json\n"
+    r = generate(model_dir, "--greedy", "--batch-size", "3", input=lines)
+    assert r.returncode == 1
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 4, r.stderr
+    assert any(e.startswith("sgpt-generate: error: markup: 'text' contains markup '<eoh>'")
+               for e in errors)
+    assert any(e.startswith("sgpt-generate: error: unknown-unit: unit 53 is unknown")
+               for e in errors)
+    assert any(e.startswith("sgpt-generate: error: empty: nothing to answer") for e in errors)
+    assert any(e.startswith("sgpt-generate: error: stdin:9: malformed JSON") for e in errors)
+    out = {rec["id"]: rec for rec in records(r.stdout)}
+    assert set(out) == {rec["id"] for rec, _ in FITTED}
+    assert out["t2s"]["text"] == "Paris is the capital of France."
+    assert out["s2s"]["transcript"] == "Where do you live?"
+    assert out["s2s"]["units"] == [10, 11, 10]
+    assert out["asr"]["text"] == "the quick brown fox"
+    assert out["cont"]["units"] == [43, 44, 45]
+    assert out["s2s"]["prompt"] == {"units": [7, 8, 9, 7, 12]}
+    speech = jsonl(rec for rec in out.values() if "units" in rec)
+    v = run_tool("sgpt-vocode", "--vocoder", vocoder, "-o", tmp_path / "wav", input=speech)
+    assert v.returncode == 0, v.stderr
+    for rid in ("t2s", "s2s", "tts", "cont"):
+        info = sf.info(str(tmp_path / "wav" / f"{rid}.wav"))
+        assert info.samplerate == 16000 and info.frames > 0
+
+
+def test_no_model_says_what_to_pass():
+    r = run_tool("sgpt-generate", input=jsonl([{"id": "a", "text": "hi"}]))
+    assert r.returncode == 2
+    assert "no model given" in r.stderr and "--model DIR" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_output_file_resumes_and_long_prompts_fail_unless_truncated(model_dir, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    long = {"id": "long", "units": list(range(K)) * 10}  # 500 units: no room in 512
+    first = [FITTED[2][0], long]
+    r = generate(model_dir, "--greedy", "-o", out, input=jsonl(first))
+    assert r.returncode == 1
+    assert "long: prompt of 5" in r.stderr and "--truncate" in r.stderr
+    assert [x["id"] for x in records(out.read_text())] == ["asr"]
+    r = generate(model_dir, "--greedy", "--truncate", "--max-new-tokens", "4", "-o", out,
+                 input=jsonl(first))
+    assert r.returncode == 0, r.stderr
+    assert "resumed: 1 records already answered" in r.stderr
+    assert "long: question truncated to its first" in r.stderr
+    got = records(out.read_text())
+    assert [x["id"] for x in got] == ["asr", "long"]
+    assert got[1]["prompt"]["units"] == long["units"]  # the record itself is not cut
+
+
+def test_seeded_sampling_repeats_and_unit_lines_are_spoken_questions(model_dir):
+    lines = "<sosp><7><8><9><7><12><eosp>\n"
+    a = generate(model_dir, "--seed", "5", "--max-new-tokens", "30", input=lines)
+    b = generate(model_dir, "--seed", "5", "--max-new-tokens", "30", input=lines)
+    assert a.returncode == b.returncode == 0, a.stderr
+    assert a.stdout == b.stdout
+    (rec,) = records(a.stdout)
+    assert rec["id"] == "stdin_1" and rec["task"] == "chat" and rec["raw"]
+
+
+def test_adapter_on_a_plain_directory(tmp_path):
+    """A published-style pair: a transformers directory with the extended tokenizer, and a
+    PEFT LoRA adapter directory on top (SpeechGPT-7B-cm + -com)."""
+    from peft import LoraConfig, get_peft_model
+
+    from sgpt.generate import Generator, Sampling, answer_record, build_prompt
+    from sgpt.llm import copy_tokenizer
+
+    tok = tokenizer()
+    base = tiny_llama(len(tok), seed=5)
+    plain = tmp_path / "cm"
+    base.save_pretrained(str(plain), safe_serialization=True)
+    copy_tokenizer(str(extended("llama", "reference", K)), plain)
+    lora = get_peft_model(tiny_llama(len(tok), seed=5),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                     init_lora_weights=False))
+    lora.save_pretrained(str(tmp_path / "com"))
+    merged = lora.merge_and_unload().eval()
+    record = {"id": "q", "text": "How are you today?"}
+    want = {}
+    for name, model in (("base", base), ("merged", merged)):
+        gen = Generator(model, tok, Sampling(greedy=True, max_new_tokens=8, min_new_tokens=8))
+        (res,) = gen.generate([build_prompt(record, tok)])
+        want[name] = answer_record(res, tok)[0]["raw"]
+    assert want["base"] != want["merged"]
+    flags = ("--greedy", "--max-new-tokens", "8", "--min-new-tokens", "8")
+    r = run_tool("sgpt-generate", "--model", plain, "--adapter", tmp_path / "com", *flags,
+                 input=jsonl([record]))
+    assert r.returncode == 0, r.stderr
+    assert records(r.stdout)[0]["raw"] == want["merged"]
+
+
+def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tmp_path):
+    km = tmp_path / "km.npy"
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "mfcc", "-k", K, "--seed", "1",
+                 "-o", km, *sorted(speech_dir.glob("*.wav")))
+    assert r.returncode == 0, r.stderr
+    questions = f"What is the capital of France?\n{speech_dir / 's0.wav'}\nsay <5>\n"
+    r = generate(model_dir, "-i", "--greedy", "--max-new-tokens", "40", "--units-encoder",
+                 "mfcc", "--units-kmeans", km, "--vocoder", vocoder, "--wav-dir",
+                 tmp_path / "talk", input=questions)
+    assert r.returncode == 1  # the third question holds markup
+    assert "error: turn-3: 'text' contains markup '<5>'" in r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "answer: Paris is the capital of France."
+    assert lines[1] == f"speech: {tmp_path / 'talk' / 'answer-1.wav'}"
+    assert sf.info(str(tmp_path / "talk" / "answer-1.wav")).frames > 0
+    assert any(line.startswith("answer:") for line in lines[2:])  # the spoken question
+    r = generate(model_dir, "-i", input=f"{speech_dir / 's0.wav'}\n")
+    assert r.returncode == 1 and "--units-kmeans" in r.stderr
