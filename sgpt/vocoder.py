@@ -47,9 +47,16 @@ def is_deduplicated(record: dict) -> bool:
     return not (isinstance(meta, dict) and meta.get("dedup") is False)
 
 
+# A batch takes a further (longer) item only while padding stays under this share of the
+# real frames: the generator's cost is per padded sample, so a batch of one long and seven
+# short utterances would cost more than vocoding them apart.
+MAX_PADDING = 0.25
+
+
 class Vocoder:
     def __init__(self, model: UnitHiFiGAN, dur_prediction: str = "auto",
-                 speaker: int | None = None, batch_size: int = 8, chunk: int | None = None):
+                 speaker: int | None = None, batch_size: int = 8, chunk: int | None = None,
+                 max_padding: float = MAX_PADDING):
         if dur_prediction not in DUR_MODES:
             raise ValueError(f"dur_prediction must be one of {DUR_MODES}")
         cfg = model.cfg
@@ -69,6 +76,7 @@ class Vocoder:
         self.dur_prediction = dur_prediction
         self.speaker = 0 if cfg.multispkr and speaker is None else speaker
         self.batch_size = max(1, batch_size)
+        self.max_padding = max_padding
         self.chunk = chunk
         self.context = cfg.receptive_field()
         self.sample_rate = cfg.sampling_rate
@@ -165,8 +173,8 @@ class Vocoder:
     def decode(self, pieces: list[_Piece]) -> list[np.ndarray]:
         """Waveform of each piece (trimmed to what it keeps), batch by batch."""
         out = []
-        for start in range(0, len(pieces), self.batch_size):
-            batch = pieces[start:start + self.batch_size]
+        for batch in padded_batches(pieces, self.batch_size, lambda p: p.frames.shape[-1],
+                                    self.max_padding):
             lengths = torch.tensor([p.frames.shape[-1] for p in batch], device=self.device)
             x = torch.nn.utils.rnn.pad_sequence([p.frames.T for p in batch], batch_first=True)
             wave, wave_lengths = self.model.decode(x.transpose(1, 2), lengths)
@@ -178,7 +186,8 @@ class Vocoder:
     def __call__(self, requests: list[Request]) -> list[np.ndarray]:
         """Waveforms (float32, at ``sample_rate``) of the requests, in order.
 
-        Batches are formed in order of length, so that little of a batch is padding.
+        Batches are formed in order of length, and cut where more than a quarter of a batch
+        would be padding.
         """
         pieces = self.pieces(_in_order(self.frames, requests, lambda r: len(r.units)))
         waves = _in_order(self.decode, pieces, lambda p: p.frames.shape[-1])
@@ -186,6 +195,26 @@ class Vocoder:
         for p, w in zip(pieces, waves):
             joined[p.index].append(w)
         return [np.concatenate(parts).astype(np.float32, copy=False) for parts in joined]
+
+
+def padded_batches(items: list, batch_size: int, length,
+                   max_padding: float = MAX_PADDING) -> list[list]:
+    """Consecutive runs of ``items`` (sorted by ``length``, shortest first) of at most
+    ``batch_size``, cut wherever padding to the longest would exceed ``max_padding``."""
+    batches: list[list] = []
+    batch: list = []
+    total = 0
+    for item in items:
+        n = length(item)
+        if batch and (len(batch) == batch_size
+                      or (len(batch) + 1) * n > (1 + max_padding) * (total + n)):
+            batches.append(batch)
+            batch, total = [], 0
+        batch.append(item)
+        total += n
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _in_order(fn, items: list, key) -> list:

@@ -19,7 +19,7 @@ from fakes.hifigan import (
 
 from sgpt.errors import CheckpointError, RecordError, SgptError
 from sgpt.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, load_vocoder, read_config
-from sgpt.vocoder import Request, Vocoder
+from sgpt.vocoder import Request, Vocoder, padded_batches
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,8 @@ def test_batched_equals_one_at_a_time(tmp_path, dtype, tol):
     model = load_vocoder(str(spk_dir), dtype=dtype)
     requests = mixed_requests(100)
     alone = Vocoder(model, speaker=2, batch_size=1)(requests)
-    batched = Vocoder(model, speaker=2, batch_size=8)(requests)
+    # every length in one padded batch (by default batches are cut where padding costs)
+    batched = Vocoder(model, speaker=2, batch_size=8, max_padding=float("inf"))(requests)
     for r, a, b in zip(requests, alone, batched):
         assert a.shape == b.shape
         if r.durations:
@@ -194,6 +195,17 @@ def test_batched_equals_one_at_a_time(tmp_path, dtype, tol):
     diff = max(np.abs(a - b).max() for a, b in zip(alone, batched))
     print(f"batched vs one at a time ({dtype}): max abs diff {diff:.2e}")
     assert diff <= tol
+
+
+def test_batches_are_cut_where_padding_would_cost():
+    lengths = [10, 10, 11, 12, 20, 21, 22, 23, 24, 60]
+    assert padded_batches(lengths, 8, lambda n: n) == [
+        [10, 10, 11, 12], [20, 21, 22, 23, 24], [60]]
+    assert padded_batches(lengths, 3, lambda n: n) == [
+        [10, 10, 11], [12, 20, 21], [22, 23, 24], [60]]
+    assert padded_batches(lengths, 8, lambda n: n, float("inf")) == [lengths[:8], lengths[8:]]
+    for batch in padded_batches(lengths, 8, lambda n: n):
+        assert len(batch) * max(batch) <= 1.25 * sum(batch)
 
 
 def test_chunks_join_without_seams(small_dir):

@@ -81,6 +81,20 @@ def test_unit_lines_on_stdin_and_one_wav_stream(vocoder, tmp_path):
     audio, rate = sf.read(io.BytesIO(stream.stdout), dtype="int16")
     parts = [sf.read(rec["audio"], dtype="int16")[0] for rec in recs]
     assert rate == 16000 and np.array_equal(audio, np.concatenate(parts))
+    # a pipe gets sox's "length unknown" sizes (sox reads on without a warning) ...
+    assert stream.stdout[40:44] == (0x7FFFF000).to_bytes(4, "little")
+    sox = subprocess.run(["sox", "-t", "wav", "-", "-n", "stat"], input=stream.stdout,
+                         capture_output=True, text=False)
+    assert sox.returncode == 0 and b"WARN" not in sox.stderr
+    assert f"Samples read: {len(audio)}".split() == sox.stderr.decode().splitlines()[0].split()
+    # ... a file gets exact ones, written once the stream ends
+    wav = tmp_path / "stream.wav"
+    with open(wav, "wb") as f:
+        r = subprocess.run([tool("sgpt-vocode"), "--vocoder", vocoder, "-o", "-"],
+                           input=lines.encode(), stdout=f, stderr=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr
+    assert wav.read_bytes()[40:44] == (2 * len(audio)).to_bytes(4, "little")
+    assert np.array_equal(sf.read(wav, dtype="int16")[0], audio)
 
 
 def test_batches_and_chunks_give_the_same_audio(vocoder, tmp_path):

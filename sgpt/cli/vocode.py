@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import sys
 
 import click
@@ -47,6 +49,30 @@ def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
     return ("-",)
 
 
+# What sox writes as the size of a WAV whose length it cannot know (its MS_UNSPEC): sox
+# then reads to the end of the stream without a warning; libsndfile reads it too.
+UNKNOWN_SIZE = 0x7FFFF000
+WAV_HEADER_BYTES = 44
+
+
+def wav_header(sample_rate: int, samples: int | None) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV; ``samples=None``: length unknown."""
+    data = UNKNOWN_SIZE if samples is None else 2 * samples
+    return (b"RIFF" + struct.pack("<I", data + 36) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16)
+            + b"data" + struct.pack("<I", data))
+
+
+def pcm16(wave: np.ndarray) -> bytes:
+    """Little-endian 16-bit samples, converted exactly as the -o DIR files are (libsndfile)."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wave, -1.0, 1.0), 16000, format="RAW", subtype="PCM_16",
+             endian="LITTLE")
+    return buf.getvalue()
+
+
 class Output:
     """Where the audio goes: ``DIR/{id}.wav`` plus records on stdout, or one WAV on stdout."""
 
@@ -54,7 +80,8 @@ class Output:
         self.target, self.sample_rate, self.overwrite = target, sample_rate, overwrite
         self.reporter = reporter
         self.stream = target == "-"
-        self.waves: list[np.ndarray] = []
+        self.stream_samples = 0
+        self.stream_started = False
         self.written: set[str] = set()
         if not self.stream:
             try:
@@ -97,7 +124,7 @@ class Output:
 
     def write(self, record: dict, wave: np.ndarray) -> None:
         if self.stream:
-            self.waves.append(wave)
+            self._stream(pcm16(wave))
             return
         from sgpt.audio import write_wav
 
@@ -114,12 +141,33 @@ class Output:
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
-    def close(self) -> None:
-        if self.stream and self.waves:
-            from sgpt.audio import wav_bytes
+    def _stream(self, pcm: bytes) -> None:
+        """Audio goes out as it is vocoded (``| play -`` starts at once, memory stays flat):
+        the header's sizes say "unknown" as sox's do on a pipe, and are made exact at the end
+        when stdout is a file."""
+        out = sys.stdout.buffer
+        if not self.stream_started:
+            out.write(wav_header(self.sample_rate, None))
+            self.stream_started = True
+        out.write(pcm)
+        out.flush()
+        self.stream_samples += len(pcm) // 2
 
-            sys.stdout.buffer.write(wav_bytes(np.concatenate(self.waves), self.sample_rate))
-            sys.stdout.buffer.flush()
+    def close(self) -> None:
+        if not self.stream:
+            return
+        self._stream(b"")  # an input with no good record still gives a (silent) WAV
+        out = sys.stdout.buffer
+        try:
+            seekable = out.seekable()
+        except (OSError, ValueError):
+            seekable = False
+        if seekable and 2 * self.stream_samples < UNKNOWN_SIZE:
+            end = out.tell()
+            out.seek(end - 2 * self.stream_samples - WAV_HEADER_BYTES)
+            out.write(wav_header(self.sample_rate, self.stream_samples))
+            out.seek(end)
+            out.flush()
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
