@@ -267,13 +267,15 @@ class Generator:
                 self._closing[i] = True
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # logits of the last position only: a prefill need not project every position
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.stats = {"prompt_tokens": 0, "prefix_tokens_reused": 0, "new_tokens": 0}
 
     # --- the model ---------------------------------------------------------------------
 
     def _forward(self, ids, mask, positions, cache):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, **{self._cache_arg: cache})
+                         use_cache=True, **{self._cache_arg: cache}, **self._last_only)
         cache = out.get("cache", None) or out.get("past_key_values", None)
         return out.logits[:, -1].float(), cache
 
