@@ -32,6 +32,7 @@ import torch
 
 from sgpt import __version__
 from sgpt.errors import CheckpointError
+from sgpt.files import write_atomic
 
 MODEL_META = "sgpt_model.json"
 MODEL_FORMAT = "sgpt-model"
@@ -275,26 +276,6 @@ def copy_tokenizer(source: str, dest: str | os.PathLike) -> None:
             shutil.copyfile(f, Path(dest) / name)
 
 
-@contextmanager
-def atomic_dir(output: str | os.PathLike):
-    """Yield a temporary directory beside ``output``; on success it replaces ``output``."""
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous.", dir=out.parent))
-            os.replace(out, previous / "dir")
-            os.replace(tmp, out)
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def model_meta(stage: str, k: int, adapter: bool, base_model: str, vocab_size: int,
                **extra) -> dict:
     if stage not in STAGES:
@@ -310,12 +291,34 @@ def model_meta(stage: str, k: int, adapter: bool, base_model: str, vocab_size: i
 
 def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: str,
                    files: dict[str, str] | None = None) -> None:
-    """Write an sgpt model directory whole or not at all.
+    """Write an sgpt model directory; a reader never sees it half written.
 
     ``model`` is a transformers model (full) or a ``PeftModel`` (its adapter only);
-    ``files`` maps further file names to their text (the effective config).
+    ``files`` maps further file names to their text (the effective config). The files are
+    written beside ``output``, then moved into it (other files there, such as a training
+    run's metrics, stay), ``sgpt_model.json`` last: its presence marks the directory whole.
     """
-    with atomic_dir(output) as tmp, quiet_transformers():
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_META).unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.model.", dir=out.parent))
+    try:
+        _write_model_files(tmp, model, meta, tokenizer_dir, files)
+        stale = ({"model.safetensors", "config.json", "generation_config.json"}
+                 if meta["adapter"] else {"adapter_model.safetensors", ADAPTER_CONFIG})
+        for name in stale:
+            (out / name).unlink(missing_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+        write_atomic(out / MODEL_META, lambda f: f.write(
+            (json.dumps(meta, indent=2) + "\n").encode()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_model_files(tmp: Path, model, meta: dict, tokenizer_dir: str,
+                       files: dict[str, str] | None) -> None:
+    with quiet_transformers():
         if meta["adapter"]:  # the base's resized rows are reproducible: not saved again
             model.save_pretrained(str(tmp), safe_serialization=True,
                                   save_embedding_layers=False)
@@ -327,4 +330,3 @@ def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: 
         copy_tokenizer(tokenizer_dir, tmp)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -32,7 +32,8 @@ def tiny_llama(vocab_size: int = 2000, tied: bool = True, seed: int = 0):
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=1024, tie_word_embeddings=tied,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=None)
+                         bos_token_id=1, eos_token_id=2, pad_token_id=None,
+                         initializer_range=0.3)  # logits with room to move, as trained ones
     model = LlamaForCausalLM(config)
     return model.eval()
 

@@ -1,0 +1,631 @@
+"""sgpt-train's recipe: the three SpeechGPT stages as one plain training loop.
+
+One config (``TrainConfig``: a YAML file, flags over it), one loop that reads top to bottom:
+load the base model, grow its embeddings to the extended tokenizer, wrap it in LoRA (peft)
+or train it whole, then for each optimizer step take the step's global batch, accumulate the
+token-weighted loss of this process's micro-batches, clip, step, log; evaluate the held-out
+split now and then; checkpoint; at the end write the sgpt model directory.
+
+Distributed: started by ``torchrun`` (``WORLD_SIZE`` > 1), each process joins the
+``torch.distributed`` group (gloo on CPU, NCCL on CUDA) and the model is wrapped in DDP. The
+loss of a step is the sum over its trained tokens divided by the global batch's trained
+token count (known to every process without communication), so the update is the same on
+any number of processes for the same global batch.
+
+Checkpoints (``OUT/checkpoint/``): the trainable weights and AdamW's moments as
+safetensors, the step and settings as JSON; no pickle. The data order is a function of the
+seed and the step, dropout is seeded per step and process, so a run killed at any point and
+started again with the same command continues where its last checkpoint left it and ends
+with the weights an uninterrupted run gets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sgpt.errors import CheckpointError, SgptError
+from sgpt.llm import (
+    MODEL_META,
+    STAGES,
+    is_gguf,
+    load_causal_lm,
+    model_meta,
+    read_meta,
+    resize_embeddings,
+    save_model_dir,
+    vocab_rows,
+)
+from sgpt.train_data import (
+    DataError,
+    Layout,
+    Sequences,
+    batch_tokens,
+    check_stage,
+    check_tokenizer,
+    collate,
+    micro_batches,
+    split,
+    step_indices,
+    trained_tokens,
+)
+
+CONFIG_FILE = "train_config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT = "checkpoint"
+METHODS = ("full", "lora")
+# settings that may change between a run and its resumption without changing the result
+NOT_IDENTITY = ("progress", "log_every", "device", "keep_checkpoint")
+
+
+class TrainError(SgptError):
+    """A run that cannot start or go on as asked."""
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; YAML keys and flags have these names (``-`` or ``_``)."""
+
+    stage: str = ""
+    model: str = ""                       # base: transformers dir, sgpt model dir, .gguf
+    data: list[str] = field(default_factory=list)    # packed directories
+    output: str = ""
+    tokenizer: str | None = None          # default: the directory the data's header names
+    eval_data: list[str] = field(default_factory=list)
+    eval_fraction: float = 0.01           # held out of --data when no --eval-data
+    eval_every: int = 200                 # steps (and at the end)
+    method: str | None = None             # full | lora (default: lora in stage 3)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    train_new_tokens: bool = True         # LoRA: train the rows of tokens new to the base
+    epochs: float = 1.0
+    max_steps: int | None = None          # overrides epochs
+    batch_size: int = 4                   # sequences per micro-batch and process
+    grad_accum: int = 1
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.0
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = 1.0
+    max_length: int | None = None         # cut sequences longer than this (tokens)
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"                   # autocast dtype: auto | float32 | bfloat16
+    device: str = "auto"
+    seed: int = 0
+    save_every: int = 100                 # steps between checkpoints
+    log_every: int = 10
+    merge: bool = False                   # LoRA: write the merged model, not the adapter
+    keep_checkpoint: bool = False         # keep OUT/checkpoint after the run
+    progress: bool | None = None
+
+    def check(self) -> None:
+        if self.stage not in STAGES:
+            raise TrainError(f"--stage must be one of {', '.join(STAGES)} (got "
+                             f"{self.stage or 'none'})")
+        for name in ("model", "output"):
+            if not getattr(self, name):
+                raise TrainError(f"no --{name} given")
+        if not self.data:
+            raise TrainError("no --data given")
+        if self.method not in METHODS:
+            raise TrainError(f"--method must be full or lora (got {self.method})")
+        positive = ("batch_size", "grad_accum", "eval_every", "save_every", "log_every",
+                    "lora_r")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0 or not 0 <= self.warmup_ratio < 1 or not 0 <= self.eval_fraction < 1:
+            raise TrainError("need lr > 0, 0 <= warmup-ratio < 1, 0 <= eval-fraction < 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise TrainError("--max-steps must be at least 1")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise TrainError(f"--dtype {self.dtype}: training autocasts to bfloat16 or runs "
+                             "in float32 (float16 needs loss scaling: use bfloat16)")
+
+    def identity(self) -> dict:
+        """What must be the same for a run to resume another."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_IDENTITY}
+
+
+def config_keys() -> set[str]:
+    return {f.name for f in fields(TrainConfig)}
+
+
+def make_config(file_values: dict, overrides: dict) -> TrainConfig:
+    """A config from a YAML file's mapping and the flags given (flags win)."""
+    values: dict = {}
+    for source in (file_values, overrides):
+        for key, value in source.items():
+            key = key.replace("-", "_")
+            if key not in config_keys():
+                raise TrainError(f"unknown setting {key!r}")
+            values[key] = value
+    for key in ("data", "eval_data", "lora_target"):
+        if isinstance(values.get(key), str):
+            values[key] = [v for v in values[key].split(",") if v]
+    config = TrainConfig(**values)
+    if config.method is None:
+        config.method = "lora" if config.stage == "chain-of-modality" else "full"
+    return config
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise TrainError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise TrainError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise TrainError(f"{path}: a YAML mapping of settings is expected")
+    return values
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(asdict(config), sort_keys=False)
+
+
+# --- the process group -------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+
+def init_distributed(device_name: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local)
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def _model_vocab(source: str) -> dict[str, int] | None:
+    """The vocabulary of the tokenizer that comes with a model directory, if it has one."""
+    from sgpt.tokenizer import TOKENIZER_FILES, TokenizerError, load_hf_tokenizer
+
+    if is_gguf(source) or not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        return load_hf_tokenizer(source).get_vocab()
+    except TokenizerError:
+        return None
+
+
+def check_model_vocab(source: str, tok) -> list[int]:
+    """Refuse a base model whose own tokenizer disagrees with ours; return the ids new to it.
+
+    Our tokenizer must extend the model's (every token the model knows keeps its id); an sgpt
+    model directory must carry the same k.
+    """
+    meta = read_meta(source) if os.path.isdir(source) else None
+    if meta is not None and meta.get("k") not in (None, tok.k):
+        raise TrainError(f"{source} was trained with k={meta['k']} unit tokens, the data's "
+                         f"tokenizer has k={tok.k}")
+    ours = tok.hf.get_vocab()
+    theirs = _model_vocab(source)
+    if theirs is None:
+        return []
+    wrong = [t for t, i in theirs.items() if ours.get(t) != i]
+    if wrong:
+        t = sorted(wrong, key=lambda t: theirs[t])[0]
+        raise TrainError(f"vocabulary mismatch: {source}'s tokenizer has {t!r} as id "
+                         f"{theirs[t]}, the data's tokenizer has it as "
+                         f"{ours.get(t, 'no token')}: extend the model's own tokenizer "
+                         "(sgpt-tokenize extend) and pack the data with it")
+    return sorted(i for t, i in ours.items() if t not in theirs)
+
+
+def build_model(config: TrainConfig, tok, new_ids: list[int], device: torch.device,
+                log: Callable[[str], None]):
+    """The model to train, and the ids of tokens new to the base (``new_ids``: those the
+    base's own tokenizer lacks, if it has one; else the rows the resize adds)."""
+    model = load_causal_lm(config.model, dtype=torch.float32, device="cpu")
+    rows = vocab_rows(model)
+    added = resize_embeddings(model, len(tok))
+    if added and not new_ids:
+        new_ids = added
+    if added:
+        log(f"embeddings grown from {rows} to {len(tok)} rows (new rows: the mean of the old)")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False})
+    model.config.use_cache = False
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        trainable = None
+        if config.train_new_tokens and new_ids:
+            from sgpt.llm import embeddings_tied
+
+            if model.get_output_embeddings() is not None and not embeddings_tied(model):
+                trainable = {_embedding_name(model): new_ids,
+                             _head_name(model): new_ids}
+            else:
+                trainable = new_ids
+        torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same each run
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout,
+                          target_modules=list(config.lora_target), task_type="CAUSAL_LM",
+                          trainable_token_indices=trainable)
+        try:
+            model = get_peft_model(model, lora)
+        except ValueError as e:
+            raise TrainError(f"LoRA on {config.model}: {e}") from None
+    return model.to(device), new_ids
+
+
+def _embedding_name(model) -> str:
+    emb = model.get_input_embeddings()
+    return next(n for n, m in model.named_modules() if m is emb).split(".")[-1]
+
+
+def _head_name(model) -> str:
+    head = model.get_output_embeddings()
+    return next(n for n, m in model.named_modules() if m is head).split(".")[-1]
+
+
+def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
+    decay = [p for p in params.values() if p.ndim >= 2]
+    rest = [p for p in params.values() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.adam_betas),
+                             eps=1e-8, foreach=False)
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warmup over ``warmup_ratio`` of the steps, then cosine to ``min_lr_ratio``."""
+    warmup = math.ceil(config.warmup_ratio * total)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def save_checkpoint(out: Path, step: int, params: dict, optimizer, state: dict) -> None:
+    """``out/checkpoint/``: weights.safetensors, optimizer.safetensors, state.json; replaced
+    whole (written beside, then renamed)."""
+    from safetensors.torch import save_file
+
+    tmp = out / f".{CHECKPOINT}.tmp"
+    old = out / f".{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({n: p.detach().to("cpu").contiguous() for n, p in params.items()},
+              str(tmp / "weights.safetensors"))
+    moments, steps = {}, {}
+    for name, p in params.items():
+        s = optimizer.state.get(p)
+        if s:
+            moments[f"{name}.exp_avg"] = s["exp_avg"].to("cpu").contiguous()
+            moments[f"{name}.exp_avg_sq"] = s["exp_avg_sq"].to("cpu").contiguous()
+            steps[name] = float(s["step"])
+    save_file(moments, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step,
+                                                "optimizer_steps": steps}, indent=1) + "\n")
+    current = out / CHECKPOINT
+    if current.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(current, old)
+    os.replace(tmp, current)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    for name in (CHECKPOINT, f".{CHECKPOINT}.old"):  # .old: killed between two renames
+        if (out / name / "state.json").is_file():
+            return out / name
+    return None
+
+
+def load_checkpoint(path: Path, params: dict, optimizer, device) -> dict:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "weights.safetensors"))
+    moments = load_file(str(path / "optimizer.safetensors"))
+    if set(weights) != set(params):
+        raise CheckpointError(f"{path}: its weights are not this model's trainable ones")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    for name, p in params.items():
+        if name in state["optimizer_steps"]:
+            optimizer.state[p] = {
+                "step": torch.tensor(state["optimizer_steps"][name]),
+                "exp_avg": moments[f"{name}.exp_avg"].to(device),
+                "exp_avg_sq": moments[f"{name}.exp_avg_sq"].to(device)}
+    return state
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+class Run:
+    """One training run: set up (everything checked before OUT is touched), then ``train``."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print,
+                 warn: Callable[[str], None] = print):
+        from sgpt.device import resolve_device
+        from sgpt.tokenizer import SpeechTokenizer
+
+        config.check()
+        self.config, self.log, self.warn = config, log, warn
+        self.out = Path(config.output)
+        # every input is checked before OUT is touched
+        self.data = Sequences(config.data)
+        self.tokenizer_dir = check_tokenizer(self.data, config.tokenizer)
+        self.tok = SpeechTokenizer.from_dir(self.tokenizer_dir)
+        if len(self.data) == 0:
+            raise DataError(f"{config.data[0]}: no sequences to train on (empty data)")
+        check_stage(self.data, config.stage, self.tok)
+        if config.eval_data:
+            self.eval_data = Sequences(config.eval_data)
+            if self.eval_data.tokenizer.get("fingerprint") != self.data.tokenizer.get(
+                    "fingerprint"):
+                raise DataError(f"{config.eval_data[0]}: built with another tokenizer than "
+                                "the training data")
+            self.train_idx = np.arange(len(self.data))
+            self.eval_idx = np.arange(len(self.eval_data))
+        else:
+            self.eval_data = self.data
+            self.train_idx, self.eval_idx = split(len(self.data), config.eval_fraction,
+                                                  config.seed)
+        self.new_ids = check_model_vocab(config.model, self.tok)
+        self.finished = self._check_output()
+        if self.finished:
+            return
+        self.dist = init_distributed(config.device)
+        self.layout = Layout(config.batch_size, config.grad_accum, self.dist.world)
+        if len(self.train_idx) < self.layout.global_batch:
+            raise DataError(
+                f"{config.data[0]}: {len(self.train_idx)} training sequences, fewer than one "
+                f"global batch of {self.layout.global_batch} (batch size {config.batch_size} "
+                f"x grad accum {config.grad_accum} x {self.dist.world} processes)")
+        per_epoch = len(self.train_idx) // self.layout.global_batch
+        self.total_steps = config.max_steps or max(1, math.ceil(config.epochs * per_epoch))
+        self.per_epoch = per_epoch
+        if self.dist.world > 1 and torch.cuda.is_available() and config.device != "cpu":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        else:
+            self.device = resolve_device(config.device)
+        dtype = config.dtype
+        if dtype == "auto":
+            dtype = ("bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+                     else "float32")
+        self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        self.pad_id = (self.tok.hf.pad_token_id if self.tok.hf.pad_token_id is not None
+                       else (self.tok.eos_id or 0))
+        self.model, self.new_ids = build_model(config, self.tok, self.new_ids, self.device,
+                                               self.log if self.dist.main else lambda m: None)
+
+    def _check_output(self) -> bool:
+        """OUT is new, or holds a run of the same settings: unfinished (then it resumes) or
+        finished (True: nothing to do)."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise TrainError(f"{out}: exists and is not a directory")
+        if not out.exists() or not any(out.iterdir()):
+            return False
+        saved = out / CONFIG_FILE
+        if not saved.is_file():
+            raise TrainError(f"{out}: exists and holds no sgpt-train run: give another -o")
+        try:
+            old = make_config(load_yaml(str(saved)), {}).identity()
+        except (TrainError, TypeError):
+            raise TrainError(f"{saved}: not an sgpt-train config: give another -o") from None
+        new = self.config.identity()
+        if old != new:
+            diff = sorted(k for k in new if old.get(k) != new[k])
+            raise TrainError(f"{out}: holds a run with other settings ({', '.join(diff)}): "
+                             "start it as before to resume it, or give another -o")
+        return (out / MODEL_META).is_file()
+
+    # --- pieces of a step
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _loss_sum(self, model, batch: dict) -> torch.Tensor:
+        """Sum of the cross-entropy over the batch's trained tokens."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self._autocast():
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                               targets.reshape(-1), ignore_index=-100, reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model) -> float | None:
+        """Mean loss per trained token over the held-out sequences (all processes)."""
+        if not len(self.eval_idx):
+            return None
+        model.eval()
+        mine = self.eval_idx[self.dist.rank::self.dist.world]
+        total, count = 0.0, 0
+        b = self.config.batch_size
+        for i in range(0, len(mine), b):
+            batch = collate(self.eval_data, mine[i:i + b], self.pad_id, self.config.max_length)
+            total += float(self._loss_sum(model, batch))
+            count += int(batch["labels"][:, 1:].ne(-100).sum())
+        model.train()
+        total, count = self.dist.sum([total, float(count)])
+        return total / count if count else None
+
+    # --- the loop
+
+    def train(self, advance: Callable[[int], None] = lambda n: None) -> dict:
+        if self.finished:
+            self.log(f"{self.out}: finished already ({MODEL_META} is there): nothing to do")
+            return {"finished": True}
+        config, dist = self.config, self.dist
+        model = self.model
+        params = trainable_parameters(model)
+        optimizer = make_optimizer(params, config)
+        start, elapsed = 0, 0.0
+        ckpt = find_checkpoint(self.out)
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, params, optimizer, self.device)
+            start, elapsed = state["step"], state.get("elapsed", 0.0)
+            if dist.main:
+                self.log(f"resuming from {ckpt} at step {start} of {self.total_steps}")
+        if dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / CONFIG_FILE).write_text(dump_yaml(config))
+            self._trim_metrics(start)
+            n = sum(p.numel() for p in params.values())
+            self.log(f"{config.stage}: {config.method} fine-tuning, {n:,} trainable parameters, "
+                     f"{len(self.train_idx):,} training / {len(self.eval_idx):,} held-out "
+                     f"sequences, {self.total_steps} steps of {self.layout.global_batch} "
+                     f"sequences on {dist.world} process(es)")
+        dist.barrier()
+        wrapped = model
+        if dist.world > 1:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        model.train()
+        advance(start)
+        window = {"loss": 0.0, "targets": 0, "tokens": 0, "time": 0.0}
+        last = {}
+        for step in range(start, self.total_steps):
+            t0 = time.perf_counter()
+            indices = step_indices(self.train_idx, self.layout, config.seed, step)
+            denom = trained_tokens(self.data, indices, config.max_length)
+            lr = lr_at(step, self.total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(config.seed * 1_000_003 + step * dist.world + dist.rank)
+            micro = micro_batches(indices, self.layout, dist.rank)
+            step_loss = 0.0
+            for a, mb in enumerate(micro):
+                batch = collate(self.data, mb, self.pad_id, config.max_length)
+                sync = a == len(micro) - 1 or dist.world == 1
+                ctx = wrapped.no_sync() if not sync else nullcontext()
+                with ctx:
+                    loss = self._loss_sum(wrapped, batch)
+                    (loss * dist.world / max(1, denom)).backward()
+                step_loss += float(loss.detach())
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            window["loss"] += step_loss
+            window["targets"] += denom
+            window["tokens"] += batch_tokens(self.data, indices, config.max_length)
+            window["time"] += dt
+            done = step + 1
+            advance(1)
+            if done % config.log_every == 0 or done == self.total_steps:
+                loss_sum, = dist.sum([window["loss"]])
+                last = {"step": done, "epoch": round(done / self.per_epoch, 4),
+                        "loss": loss_sum / max(1, window["targets"]), "lr": lr,
+                        "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
+                        "tokens": window["tokens"], "elapsed_s": round(elapsed, 3)}
+                self._metric(last)
+                window = {"loss": 0.0, "targets": 0, "tokens": 0, "time": 0.0}
+            if done % config.eval_every == 0 or done == self.total_steps:
+                eval_loss = self.evaluate(wrapped)
+                if eval_loss is not None:
+                    last["eval_loss"] = eval_loss
+                    self._metric({"step": done, "eval_loss": eval_loss})
+            if done % config.save_every == 0 and done < self.total_steps:
+                if dist.main:
+                    save_checkpoint(self.out, done, params, optimizer,
+                                    {"elapsed": elapsed, "seed": config.seed})
+                dist.barrier()
+        if dist.main:
+            self._save_model()
+        dist.barrier()
+        return last
+
+    def _metric(self, record: dict) -> None:
+        if self.dist.main:
+            with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self, step: int) -> None:
+        """A resumed run logs again the steps after its checkpoint: drop their old lines."""
+        path = self.out / METRICS_FILE
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def _save_model(self) -> None:
+        config = self.config
+        model = self.model
+        adapter = config.method == "lora" and not config.merge
+        if config.method == "lora" and config.merge:
+            model = model.merge_and_unload()
+        model.config.use_cache = True
+        if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
+            model.gradient_checkpointing_disable()
+        meta = model_meta(config.stage, self.tok.k, adapter, config.model, len(self.tok),
+                          method=config.method, new_token_ids=[self.new_ids[0], self.new_ids[-1]]
+                          if self.new_ids else None)
+        save_model_dir(self.out, model, meta, self.tokenizer_dir,
+                       {CONFIG_FILE: dump_yaml(config)})
+        if not config.keep_checkpoint:
+            shutil.rmtree(self.out / CHECKPOINT, ignore_errors=True)
+        self.log(f"{self.out}: {'adapter' if adapter else 'model'} written")

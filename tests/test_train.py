@@ -1,0 +1,315 @@
+"""sgpt-train: a tiny LLaMA through the three stages on real espeak-ng speech units, resume
+after kill -9, two processes under torchrun, and bad input refused before anything is
+written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import SENTENCES, run_tool, speak, tool
+from fakes.tokenizers import extended
+from test_llm import logits, tiny_llama_dir
+
+from sgpt.instruct import chain_of_modality_examples, cross_modal_examples
+from sgpt.llm import MODEL_META, load_model_dir, vocab_rows
+from sgpt.pack import Inputs, PackConfig, Packer
+from sgpt.train import Run as TrainRun
+from sgpt.train import TrainConfig, TrainError, load_yaml, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MORE = SENTENCES + [
+    "what is the capital of france", "paris is the capital of france",
+    "how many legs does a spider have", "a spider has eight legs",
+    "which planet is the largest", "jupiter is the largest planet",
+]
+K = 1000
+ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def units(tmp_path_factory):
+    """Real speech: espeak-ng sentences -> MFCC -> k-means (k=40) -> deduplicated units."""
+    from sgpt.audio import load_audio
+    from sgpt.kmeans import KMeansQuantizer, learn_kmeans
+    from sgpt.mfcc import MfccEncoder
+    from sgpt.speech_encoder import SpeechEncoder
+
+    d = tmp_path_factory.mktemp("speech")
+    waves = [load_audio(str(speak(s, d / f"{i}.wav", voice=["en-us", "en-gb"][i % 2])))
+             for i, s in enumerate(MORE)]
+    dense = MfccEncoder()
+    encoder = SpeechEncoder(dense)
+    feats = torch.cat(encoder.features(waves))
+    centroids, _ = learn_kmeans(feats, 40, seed=0, max_iter=20)
+    encoder = SpeechEncoder(dense, KMeansQuantizer(centroids))
+    return {s: r["units"] for s, r in zip(MORE, encoder(waves))}
+
+
+def pack(tok_dir, records, out, stage="auto", **settings) -> Path:
+    from sgpt.tokenizer import SpeechTokenizer
+
+    src = Path(str(out) + ".jsonl")
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = Inputs([str(src)])
+    Packer(SpeechTokenizer.from_dir(str(tok_dir)), str(out), PackConfig(stage=stage, **settings),
+           (0, 1), lambda w, r: None).run(data, range(data.count()))
+    data.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(units, tmp_path_factory):
+    """Packed data of the three stages, and a base model whose tokenizer is LLaMA-style."""
+    d = tmp_path_factory.mktemp("data")
+    tok = extended("llama", "reference", K)
+    s1 = [{"id": f"u{i}", "units": u} for i, u in enumerate(units.values())]
+    s2 = []
+    for i, (text, u) in enumerate(units.items()):
+        s2 += cross_modal_examples({"id": f"u{i}", "units": u, "text": text}, K, seed=i)
+    s3 = []
+    pairs = list(units.items())
+    for i in range(0, len(pairs) - 1, 2):
+        (q, qu), (a, au) = pairs[i], pairs[i + 1]
+        s3 += chain_of_modality_examples({"id": f"q{i}", "question_text": q, "answer_text": a,
+                                          "question_units": qu, "answer_units": au}, K)
+    return {"tok": tok, "base": tiny_llama_dir(d / "base"),
+            "1": pack(tok, s1 * 4, d / "s1", block_size=48),
+            "2": pack(tok, s2, d / "s2"),
+            "3": pack(tok, s3, d / "s3"),  # auto: instruction data, told apart by [ta]
+            "3x": pack(tok, s3, d / "s3x", stage="3")}
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train(**settings) -> dict:
+    config = make_config({}, {"log_every": 1, "eval_every": 1000, "save_every": 1000,
+                              "warmup_ratio": 0.0, **settings})
+    return TrainRun(config, log=lambda m: None).train()
+
+
+def test_three_stages_loss_falls_and_the_adapter_loads_on_stage_2(data, tmp_path):
+    s1, s2, s3 = tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"
+    train(stage="pretrain", model=str(data["base"]), data=[str(data["1"])], output=str(s1),
+          batch_size=4, epochs=4, lr=3e-3, eval_fraction=0.1)
+    train(stage="cross-modal", model=str(s1), data=[str(data["2"])], output=str(s2),
+          batch_size=4, epochs=4, lr=3e-3, eval_fraction=0.1)
+    train(stage="chain-of-modality", model=str(s2), data=[str(data["3"])], output=str(s3),
+          batch_size=2, epochs=5, lr=3e-2, eval_fraction=0.0, lora_dropout=0.0)
+    for out, drop in ((s1, 0.85), (s2, 0.85), (s3, 0.95)):
+        m = [r for r in metrics(out) if "loss" in r]
+        epoch = [r["loss"] for r in m if r["epoch"] <= 1]  # the first pass against the last
+        first, last = np.mean(epoch), np.mean([r["loss"] for r in m[-len(epoch):]])
+        assert last < drop * first, (out.name, first, last)
+        assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in m)
+    assert any("eval_loss" in r for r in metrics(s1))
+    meta = json.loads((s3 / MODEL_META).read_text())
+    assert meta["adapter"] and meta["base_model"] == str(s2)
+    assert meta["stage"] == "chain-of-modality"
+    assert {"adapter_config.json", "adapter_model.safetensors", "train_config.yaml",
+            "sgpt_tokenizer.json"} <= {p.name for p in s3.iterdir()}
+    assert not (s3 / "checkpoint").exists()
+    saved = load_yaml(str(s3 / "train_config.yaml"))
+    assert saved["method"] == "lora" and saved["lora_target"] == ["q_proj", "v_proj"]
+    stage2, _ = load_model_dir(str(s2))
+    stage3, _ = load_model_dir(str(s3))
+    assert vocab_rows(stage2) == vocab_rows(stage3) == 2000 + K + 6
+    ids = [1, 2000, 2005, 3001]
+    assert not torch.allclose(logits(stage2, ids), logits(stage3, ids), atol=1e-4)
+
+
+def test_lora_on_a_new_vocabulary_trains_the_new_rows_and_merges(data, tmp_path):
+    common = dict(stage="chain-of-modality", model=str(data["base"]), data=[str(data["3x"])],
+                  batch_size=2, max_steps=4, lr=1e-2, eval_fraction=0.0, lora_dropout=0.0)
+    train(output=str(tmp_path / "a"), **common)
+    train(output=str(tmp_path / "m"), merge=True, **common)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), "pt") as f:
+        shapes = [tuple(f.get_slice(n).get_shape()) for n in f.keys()]
+    assert (K + 6, 32) in shapes  # the new tokens' rows, not the whole matrix
+    assert not any(s[0] == 2000 + K + 6 for s in shapes)
+    adapter, meta_a = load_model_dir(str(tmp_path / "a"))
+    merged, meta_m = load_model_dir(str(tmp_path / "m"))
+    assert meta_a["adapter"] and not meta_m["adapter"]
+    ids = [1, 40, 2000, 2500, 3005]
+    assert torch.allclose(logits(adapter, ids), logits(merged, ids), atol=1e-4)
+    base = load_model_dir(str(data["base"]))[0]
+    old_ids = [1, 40, 7]  # LoRA moved the old tokens' predictions too
+    assert not torch.allclose(logits(adapter, old_ids)[:, :2000], logits(base, old_ids),
+                              atol=1e-3)
+
+
+def test_config_file_flags_override_and_example_configs(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("stage: cross-modal\nlr: 1.0e-4\nlora-r: 4\ndata: [a, b]\n")
+    config = make_config(load_yaml(str(f)), {"lr": 3e-4, "model": "m", "output": "o"})
+    assert (config.lr, config.lora_r, config.data, config.method) == (3e-4, 4, ["a", "b"],
+                                                                      "full")
+    with pytest.raises(TrainError, match="unknown setting 'lerning_rate'"):
+        make_config({"lerning_rate": 1}, {})
+    for stage in ("pretrain", "cross-modal", "chain-of-modality"):
+        values = load_yaml(str(ROOT / "examples" / "configs" / f"{stage}.yaml"))
+        config = make_config(values, {"model": "m", "data": ["d"], "output": "o"})
+        config.check()
+        assert config.stage == stage
+    assert make_config(load_yaml(str(ROOT / "examples/configs/chain-of-modality.yaml")),
+                       {}).method == "lora"
+    assert TrainConfig().lora_target == ["q_proj", "v_proj"]
+
+
+# --- the command line: resume, torchrun, bad input ----------------------------------------------
+
+def cli_args(data, out, *extra, stage="cross-modal", key="2"):
+    return ["--stage", stage, "--model", str(data["base"]), "--data", str(data[key]),
+            "-o", str(out), "--batch-size", "2", "--lr", "3e-3", "--eval-fraction", "0",
+            "--log-every", "1", *map(str, extra)]
+
+
+def final_weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_kill_9_then_the_same_command_resumes_to_the_same_weights(data, tmp_path):
+    args = cli_args(data, tmp_path / "killed", "--max-steps", 40, "--save-every", 5,
+                    "--lora-dropout", "0.1", "--method", "lora", "--merge", "--epochs", 1)
+    proc = subprocess.Popen([tool("sgpt-train"), *args], env={**os.environ, **ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "killed" / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 10:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / MODEL_META).exists()
+    stopped_at = json.loads(state.read_text())["step"]
+    assert 10 <= stopped_at < 40
+    again = run_tool("sgpt-train", *args, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {tmp_path / 'killed' / 'checkpoint'} at step {stopped_at}" in \
+        again.stderr
+    whole = run_tool("sgpt-train", *cli_args(data, tmp_path / "whole", "--max-steps", 40,
+                                             "--save-every", 5, "--lora-dropout", "0.1",
+                                             "--method", "lora", "--merge"), env=ENV)
+    assert whole.returncode == 0, whole.stderr
+    a, b = final_weights(tmp_path / "killed"), final_weights(tmp_path / "whole")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    steps = [r["step"] for r in metrics(tmp_path / "killed") if "loss" in r]
+    assert steps == list(range(1, 41))  # each step logged once, resumed or not
+    # a finished run is not redone
+    done = run_tool("sgpt-train", *args, env=ENV)
+    assert done.returncode == 0 and "nothing to do" in done.stderr
+
+
+def test_torchrun_two_processes_equal_one_with_the_same_global_batch(data, tmp_path):
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(29500 + os.getpid() % 1000),
+         tool("sgpt-train"), *cli_args(data, tmp_path / "two", "--max-steps", 6,
+                                       "--device", "cpu")],
+        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_tool("sgpt-train", *cli_args(data, tmp_path / "one", "--max-steps", 6,
+                                           "--grad-accum", 2), env=ENV)
+    assert one.returncode == 0, one.stderr
+    assert "on 2 process(es)" in two.stderr and "on 1 process(es)" in one.stderr
+    a, b = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert [r["loss"] for r in metrics(tmp_path / "two")] == pytest.approx(
+        [r["loss"] for r in metrics(tmp_path / "one")], rel=1e-4)
+
+
+def invoke(args):
+    from sgpt.cli.train import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def snapshot(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result, *words):
+    lines = result.output.strip().splitlines() if result.output.strip() else []
+    assert result.exit_code == 1, result.output
+    errors = [line for line in lines if line.startswith("sgpt-train: error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "train_config.yaml").write_text("stage: pretrain\n")
+    (existing / "keep.txt").write_text("precious")
+    before = snapshot(existing)
+    other_tok = extended("llama", "reference", 500)
+    s2_other = pack(other_tok, [{"id": "x", "prefix": "P ", "plain_text":
+                                 "[Human]: hi<eoh> [SpeechGPT]: <3><4><eoa> "}] * 4,
+                    tmp_path / "s2-other")
+    empty = tmp_path / "empty"
+    pack(data["tok"], [], empty, stage="2")
+    k500_model = tmp_path / "k500"
+    tiny_llama_dir(k500_model, tokenizer=other_tok)
+    cases = [
+        # shards of another stage
+        (cli_args(data, existing, stage="pretrain", key="2"), ("cross-modal (stage 2) data",
+                                                               "--stage pretrain")),
+        (cli_args(data, existing, stage="cross-modal", key="3"), ("chain-of-modality",)),
+        (cli_args(data, existing, stage="chain-of-modality", key="1"), ("pretrain (stage 1)",)),
+        # shards built with another tokenizer than the one given
+        (cli_args(data, existing) + ["--tokenizer", str(other_tok)], ("another tokenizer",)),
+        # empty data
+        (cli_args(data, existing)[:4] + ["--data", str(empty)] + cli_args(data, existing)[6:],
+         ("no sequences",)),
+        # a model whose own tokenizer disagrees with the data's
+        (cli_args(data, existing)[:2] + ["--model", str(k500_model)] + cli_args(data,
+                                                                               existing)[4:],
+         ("vocabulary mismatch",)),
+        # not packed data at all
+        (cli_args(data, existing)[:4] + ["--data", str(tmp_path)] + cli_args(data, existing)[6:],
+         ("no finished part",)),
+    ]
+    for args, words in cases:
+        one_error_line(invoke(args), *words)
+    assert snapshot(existing) == before
+    # a directory of another run is not taken over
+    one_error_line(invoke(cli_args(data, existing)), "holds a run with other settings")
+    # a shard packed with another tokenizer than its sibling
+    one_error_line(invoke(cli_args(data, tmp_path / "new") + ["--data", str(s2_other)]),
+                   "another tokenizer")
+    assert not (tmp_path / "new").exists()
+    assert invoke(["--stage", "nope"]).exit_code == 2
+    # the installed command says the same in one line
+    r = run_tool("sgpt-train", *cli_args(data, existing, stage="pretrain", key="2"), env=ENV)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.stderr.startswith("sgpt-train: error: ")
