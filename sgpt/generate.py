@@ -10,7 +10,10 @@ soon as it is finished:
 * a batch is laid out ``[prefix][left padding][question]``; position ids count real tokens
   only, so each row computes what it would alone;
 * each row stops on its own (``<eoa>``, EOS, ``<eosp>`` for unit continuation, its token
-  budget, the model's context) and leaves the batch at once: finished rows cost nothing;
+  budget, the model's context) and leaves the batch at once; a waiting prompt takes its
+  place (continuous batching), so the batch stays full however unequal the answers are;
+* prompts are read ahead on a thread: a record that arrives on a slow pipe joins the
+  running batch at the next step, and its answer is written when it is done;
 * sampling (temperature, top-k, top-p, in that order, as transformers applies them) draws
   from a generator seeded by ``(seed, record id)``, so a record's answer depends on the
   seed and the record, not on the batch it shares or the order of the input.
@@ -25,6 +28,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -239,6 +244,67 @@ class _Row:
     new_ids: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Running:
+    """The rows being decoded: their cache [B, heads, T, dim], attention mask [B, T] (0 for
+    padding), the position of each row's last token, and the logits of its next token."""
+
+    rows: list[_Row]
+    cache: object
+    mask: torch.Tensor
+    last_pos: torch.Tensor
+    logits: torch.Tensor
+
+
+class _Feed:
+    """Prompts read ahead on a thread, so that a slow producer (a pipe that sends a record
+    now and then) never holds up the rows being decoded, nor waits for a batch to fill."""
+
+    def __init__(self, prompts: Iterable[Prompt], ahead: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self.done = False
+        threading.Thread(target=self._read, args=(prompts,), daemon=True).start()
+
+    def _read(self, prompts: Iterable[Prompt]) -> None:
+        try:
+            for prompt in prompts:
+                self.queue.put(("prompt", prompt))
+            self.queue.put(("end", None))
+        except BaseException as e:  # raised again where the prompts are taken
+            self.queue.put(("error", e))
+
+    def take(self, n: int, wait: bool) -> list[Prompt]:
+        """Up to ``n`` prompts that are ready; with ``wait``, wait for the first one."""
+        out: list[Prompt] = []
+        while len(out) < n and not self.done:
+            try:
+                kind, item = self.queue.get(block=wait and not out)
+            except queue.Empty:
+                break
+            if kind == "end":
+                self.done = True
+            elif kind == "error":
+                self.done = True
+                raise item
+            else:
+                out.append(item)
+        return out
+
+
+def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers before 4.56
+
+
+def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    if width == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = width
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
 class Generator:
     """Batched decoding with a shared system-prefix cache; see the module docstring."""
 
@@ -269,23 +335,28 @@ class Generator:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         # logits of the last position only: a prefill need not project every position
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.stats = {"prompt_tokens": 0, "prefix_tokens_reused": 0, "new_tokens": 0}
+        self.stats = {"prompt_tokens": 0, "prefix_tokens_reused": 0, "new_tokens": 0,
+                      "forward_passes": 0}
 
     # --- the model ---------------------------------------------------------------------
 
     def _forward(self, ids, mask, positions, cache):
+        self.stats["forward_passes"] += 1
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, **{self._cache_arg: cache}, **self._last_only)
         cache = out.get("cache", None) or out.get("past_key_values", None)
         return out.logits[:, -1].float(), cache
 
-    def _new_cache(self):
+    def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
         from transformers import DynamicCache
 
         try:
-            return DynamicCache(config=self.model.config)
+            cache = DynamicCache(config=self.model.config)
         except TypeError:  # older transformers
-            return DynamicCache()
+            cache = DynamicCache()
+        for i, (k, v) in enumerate(layers or ()):
+            cache.update(k, v, i)
+        return cache
 
     @torch.inference_mode()
     def prefix_cache(self):
@@ -307,22 +378,37 @@ class Generator:
     def generate(self, prompts: Iterable[Prompt]) -> Iterator[Result]:
         """Decode every prompt; yield each as soon as it is finished (not in input order).
 
-        Consecutive prompts are batched, ``batch_size`` at a time; prompts that start with
-        the system prefix share its cache, the others (unit continuations) run whole.
+        Up to ``batch_size`` prompts are decoded together. A row that finishes leaves the
+        batch at once and a waiting prompt takes its place (its prompt is run through the
+        model, then it joins the running rows, left-padded to their length), so the batch
+        stays full however unequal the answers are.
         """
-        pending: dict[bool, list[Prompt]] = {True: [], False: []}
-        for prompt in prompts:
-            group = pending[self._uses_prefix(prompt)]
-            group.append(prompt)
-            if len(group) >= self.batch_size:
-                yield from self._batch(group[:])
-                group.clear()
-        for uses_prefix in (True, False):
-            if pending[uses_prefix]:
-                yield from self._batch(pending[uses_prefix])
+        feed = _Feed(prompts, 2 * self.batch_size)
+        running: _Running | None = None
+        while True:
+            n = len(running.rows) if running is not None else 0
+            if n < self.batch_size and not feed.done:
+                new = feed.take(self.batch_size - n, wait=running is None)
+                if new:
+                    running = self._admit(running, new)
+            if running is None:
+                return
+            running = yield from self._step(running)
+
+    # --- decoding ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _batch(self, prompts: list[Prompt]) -> Iterator[Result]:
+    def _admit(self, running: _Running | None, prompts: list[Prompt]) -> _Running:
+        """Prefill ``prompts`` (with the prefix cache where they start with the prefix) and
+        merge them into the running rows."""
+        groups = [[p for p in prompts if self._uses_prefix(p)],
+                  [p for p in prompts if not self._uses_prefix(p)]]
+        for group in groups:
+            if group:
+                running = self._merge(running, self._prefill(group))
+        return running
+
+    def _prefill(self, prompts: list[Prompt]) -> _Running:
         s = self.sampling
         device = self.device
         uses_prefix = self._uses_prefix(prompts[0])
@@ -356,35 +442,64 @@ class Generator:
         else:
             cache = self._new_cache()
         logits, cache = self._forward(ids, mask, positions, cache)
-        last_pos = positions[:, -1]
-        step = 0
-        while True:
-            tokens = self._choose(logits, rows, step)
-            keep: list[int] = []
-            for r, row in enumerate(rows):
-                token = int(tokens[r])
-                stop = self._stop(row, token)
-                if stop is None:
-                    keep.append(r)
-                    continue
-                self.stats["new_tokens"] += len(row.new_ids)
-                yield Result(row.prompt, row.new_ids, stop)
-            if not keep:
-                return
-            step += 1
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
-                rows = [rows[r] for r in keep]
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            last_pos = last_pos + 1
-            logits, cache = self._forward(tokens[:, None], mask, last_pos[:, None], cache)
+        return _Running(rows, cache, mask, positions[:, -1], logits)
 
-    def _choose(self, logits: torch.Tensor, rows: list[_Row], step: int) -> torch.Tensor:
+    def _merge(self, a: _Running | None, b: _Running) -> _Running:
+        """One batch of the rows of ``a`` and ``b``, the shorter left-padded (masked)."""
+        if a is None:
+            return b
+        length = max(a.mask.shape[1], b.mask.shape[1])
+        layers = []
+        for (ka, va), (kb, vb) in zip(_cache_layers(a.cache), _cache_layers(b.cache)):
+            pa, pb = length - ka.shape[-2], length - kb.shape[-2]
+            layers.append((torch.cat([_pad_left(ka, pa, -2), _pad_left(kb, pb, -2)]),
+                           torch.cat([_pad_left(va, pa, -2), _pad_left(vb, pb, -2)])))
+        mask = torch.cat([_pad_left(a.mask, length - a.mask.shape[1], 1),
+                          _pad_left(b.mask, length - b.mask.shape[1], 1)])
+        return _Running(a.rows + b.rows, self._new_cache(layers), mask,
+                        torch.cat([a.last_pos, b.last_pos]), torch.cat([a.logits, b.logits]))
+
+    @torch.inference_mode()
+    def _step(self, running: _Running):
+        """Choose every row's next token; yield the rows that end; feed the others.
+
+        Returns the running rows left (None when none is).
+        """
+        tokens = self._choose(running.logits, running.rows)
+        keep: list[int] = []
+        for r, row in enumerate(running.rows):
+            stop = self._stop(row, int(tokens[r]))
+            if stop is None:
+                keep.append(r)
+                continue
+            self.stats["new_tokens"] += len(row.new_ids)
+            yield Result(row.prompt, row.new_ids, stop)
+        if not keep:
+            return None
+        cache, mask, last_pos = running.cache, running.mask, running.last_pos
+        rows = running.rows
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=self.device)
+            tokens, mask, last_pos = tokens[index], mask[index], last_pos[index]
+            rows = [rows[r] for r in keep]
+            lead = int(mask.any(0).int().argmax())  # columns no row attends to any more
+            if lead > 0:
+                mask = mask[:, lead:]
+                cache = self._new_cache([(k[index, :, lead:], v[index, :, lead:])
+                                         for k, v in _cache_layers(cache)])
+            else:
+                cache.batch_select_indices(index)
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        last_pos = last_pos + 1
+        logits, cache = self._forward(tokens[:, None], mask, last_pos[:, None], cache)
+        return _Running(rows, cache, mask, last_pos, logits)
+
+    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         s = self.sampling
-        if step < s.min_new_tokens and self.eos_id is not None:
-            logits[:, self.eos_id] = float("-inf")
+        if self.eos_id is not None and s.min_new_tokens > 0:
+            early = torch.tensor([len(row.new_ids) < s.min_new_tokens for row in rows],
+                                 device=logits.device)
+            logits[early, self.eos_id] = float("-inf")
         if s.greedy:
             return logits.argmax(-1)
         logits = logits / s.temperature

@@ -4,6 +4,7 @@ decoding with the shared prefix cache, seeds; on a tiny LLaMA fitted here to fix
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from sgpt.generate import (
     Generator,
     Prompt,
     Sampling,
+    _Row,
     answer_record,
     build_prompt,
     system_prefix_ids,
@@ -308,18 +310,50 @@ def test_sampling_filters_keep_top_k_and_nucleus():
     gen = Generator(tiny_llama(len(tok)), tok, Sampling(top_k=3, top_p=0.5, temperature=1.0))
     logits = torch.full((1, len(tok)), -10.0)
     logits[0, 100], logits[0, 101], logits[0, 102], logits[0, 103] = 5.0, 4.9, 4.8, 4.7
-    rows = [type("R", (), {"generator": torch.Generator().manual_seed(s)})()
-            for s in range(1)]
+    row = _Row(Prompt({"id": "x"}, "chat", [1]), torch.Generator(), 100, [0] * 20)
     seen = set()
     for s in range(200):
-        rows[0].generator.manual_seed(s)
-        seen.add(int(gen._choose(logits.clone(), rows, step=20)[0]))
+        row.generator.manual_seed(s)
+        seen.add(int(gen._choose(logits.clone(), [row])[0]))
     assert seen == {100, 101}  # top-p 0.5 keeps the two most likely of the top 3
-    # min_new_tokens: EOS is never chosen before it
-    logits = torch.zeros((1, len(tok)))
-    logits[0, tok.eos_id] = 100.0
-    assert int(gen._choose(logits.clone(), rows, step=0)[0]) != tok.eos_id
-    assert int(gen._choose(logits.clone(), rows, step=10)[0]) == tok.eos_id
+    # min_new_tokens: EOS is never chosen before it, per row
+    logits = torch.zeros((2, len(tok)))
+    logits[:, tok.eos_id] = 100.0
+    young = _Row(Prompt({"id": "y"}, "chat", [1]), torch.Generator(), 100, [0] * 9)
+    chosen = gen._choose(logits.clone(), [young, row]).tolist()
+    assert chosen[0] != tok.eos_id and chosen[1] == tok.eos_id
+
+
+def test_finished_rows_make_room_for_waiting_prompts():
+    tok = tokenizer()
+    records = [r for r, _ in FITTED] * 2
+    records = [{**r, "id": f"{r['id']}-{i}"} for i, r in enumerate(records)]
+    prompts = [build_prompt(r, tok) for r in records]
+    alone = Generator(fitted_model(), tok, greedy(max_new_tokens=40), batch_size=1)
+    want = {res.prompt.id: res.new_ids for res in alone.generate(prompts)}
+    shared = Generator(fitted_model(), tok, greedy(max_new_tokens=40), batch_size=3)
+    got = {res.prompt.id: res.new_ids for res in shared.generate(prompts)}
+    assert got == want
+    # rows joined running batches: far fewer passes than one batch of 3 after another
+    assert shared.stats["forward_passes"] < alone.stats["forward_passes"] / 2
+
+
+def test_a_slow_producer_gets_each_answer_before_sending_the_next():
+    tok = tokenizer()
+    gen = Generator(fitted_model(), tok, greedy(max_new_tokens=40), batch_size=8)
+    answered: list[str] = []
+
+    def producer():
+        for record, _ in FITTED[:3]:
+            # the previous answer is out before this prompt is even made
+            assert len(answered) == FITTED.index((record, _))
+            yield build_prompt(record, tok)
+            while len(answered) < FITTED.index((record, _)) + 1:
+                time.sleep(0.01)
+
+    for res in gen.generate(producer()):
+        answered.append(res.prompt.id)
+    assert answered == ["t2s", "s2s", "asr"]
 
 
 def test_prompt_dataclass_id():
