@@ -108,7 +108,8 @@ def speech_options(fn):
                    "tokenizer is extended (SpeechGPT-7B-cm), or a .gguf file (with "
                    "--tokenizer).")
 @click.option("--adapter", metavar="DIR",
-              help="A PEFT adapter applied on top (SpeechGPT-7B-com over -cm).")
+              help="A PEFT adapter applied on top (the published SpeechGPT-7B-com goes on "
+                   "SpeechGPT-7B-cm).")
 @click.option("--tokenizer", metavar="DIR",
               help="The extended tokenizer (default: the one in the model directory).")
 @click.option("--task", type=click.Choice(["chat", "asr", "tts", "continue"]), default="chat",
@@ -132,7 +133,7 @@ def speech_options(fn):
               help="Output file (written atomically; a re-run resumes) or - for stdout.")
 @click.option("-i", "--interactive", is_flag=True,
               help="Talk: type text or the path of an audio file; the transcript and text "
-                   "answer are printed, the spoken answer written to --wav-dir.")
+                   "answer are printed, the spoken answer goes to a wav file.")
 @speech_options
 @device_options
 @run_options
