@@ -4,10 +4,12 @@ records, resuming, adapters, and the interactive mode with real espeak-ng speech
 from __future__ import annotations
 
 import json
+import select
+import subprocess
 
 import pytest
 import soundfile as sf
-from conftest import run_tool
+from conftest import run_tool, tool
 from fakes.hifigan import fabricate_vocoder, small_config
 from fakes.tokenizers import extended
 from test_generate import FITTED, K, fitted_model, tiny_llama, tokenizer
@@ -100,14 +102,33 @@ def test_output_file_resumes_and_long_prompts_fail_unless_truncated(model_dir, t
     assert got[1]["prompt"]["units"] == long["units"]  # the record itself is not cut
 
 
-def test_seeded_sampling_repeats_and_unit_lines_are_spoken_questions(model_dir):
-    lines = "<sosp><7><8><9><7><12><eosp>\n"
-    a = generate(model_dir, "--seed", "5", "--max-new-tokens", "30", input=lines)
-    b = generate(model_dir, "--seed", "5", "--max-new-tokens", "30", input=lines)
-    assert a.returncode == b.returncode == 0, a.stderr
-    assert a.stdout == b.stdout
-    (rec,) = records(a.stdout)
-    assert rec["id"] == "stdin_1" and rec["task"] == "chat" and rec["raw"]
+def test_answers_stream_from_a_pipe_and_seeds_repeat(model_dir):
+    """Each answer comes out while stdin is still open (no batch to fill), and the same
+    seed gives the same answers however the records were batched."""
+    questions = [jsonl([FITTED[0][0]]), "<sosp><7><8><9><7><12><eosp>\n"]
+    args = [tool("sgpt-generate"), "--model", str(model_dir), "--seed", "5",
+            "--max-new-tokens", "30", "--batch-size", "8"]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    streamed = []
+    try:
+        for question in questions:
+            proc.stdin.write(question)
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 300)
+            assert ready, "no answer while stdin is open"
+            streamed.append(proc.stdout.readline())
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    got = records("".join(streamed))
+    assert [r["id"] for r in got] == ["t2s", "stdin_2"]
+    assert got[1]["task"] == "chat" and got[1]["prompt"]["units"] == [7, 8, 9, 7, 12]
+    again = generate(model_dir, "--seed", "5", "--max-new-tokens", "30",
+                     input="".join(questions))
+    assert again.returncode == 0, again.stderr
+    assert sorted(again.stdout.splitlines()) == sorted(line.strip() for line in streamed)
 
 
 def test_adapter_on_a_plain_directory(tmp_path):
