@@ -21,6 +21,7 @@ published SpeechGPT-7B-com), and a GGUF file (dequantized by transformers).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -54,12 +55,26 @@ def quiet_transformers():
     verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    gguf_utils = _gguf_utils()
+    gguf_bar = getattr(gguf_utils, "tqdm", None)
+    if gguf_bar is not None:  # GGUF loading draws a plain tqdm bar of its own
+        gguf_utils.tqdm = functools.partial(gguf_bar, disable=True)
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+        if gguf_bar is not None:
+            gguf_utils.tqdm = gguf_bar
+
+
+def _gguf_utils():
+    try:
+        from transformers import modeling_gguf_pytorch_utils
+    except Exception:  # an older or newer transformers: no bar to quiet
+        return None
+    return modeling_gguf_pytorch_utils
 
 
 def is_gguf(source: str) -> bool:

@@ -194,3 +194,61 @@ def test_bad_model_dirs(tmp_path):
         load_model_dir(str(tmp_path / "out"))
     with pytest.raises(CheckpointError, match="no such model directory"):
         load_model_dir(str(tmp_path / "missing"))
+
+
+def _permute(w, n_head):
+    """llama.cpp's row order for q/k projections (its rotary embedding pairs neighbours)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
+        w.shape)
+
+
+def tiny_llama_gguf(model, path):
+    """``model`` as llama.cpp's convert script writes a LLaMA: GGUF names, permuted q/k, f32."""
+    gguf = pytest.importorskip("gguf")
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    names = {"input_layernorm": "attn_norm", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        w.add_tensor(f"blk.{i}.attn_q.weight",
+                     _permute(sd[p + "self_attn.q_proj.weight"], c.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight",
+                     _permute(sd[p + "self_attn.k_proj.weight"], c.num_key_value_heads))
+        for ours, theirs in names.items():
+            w.add_tensor(f"blk.{i}.{theirs}.weight", sd[p + ours + ".weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    if not c.tie_word_embeddings:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gguf_loads_as_the_model_it_was_written_from(tmp_path, tied):
+    model = tiny_llama(tied=tied)
+    path = tiny_llama_gguf(model, tmp_path / "tiny.gguf")
+    loaded = load_causal_lm(str(path), vocab_size=2010)
+    assert embeddings_tied(loaded) == tied and vocab_rows(loaded) == 2010
+    assert getattr(loaded.config, "quantization_config", None) is None
+    ids = [1, 5, 9, 1999]
+    assert torch.allclose(logits(loaded, ids)[:, :2000], logits(model, ids), atol=1e-5)
+    same, meta = load_model_dir(str(path))
+    assert meta["base_model"] == str(path) and vocab_rows(same) == 2000
+
