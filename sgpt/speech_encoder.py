@@ -4,8 +4,8 @@ As textlesslib's SpeechEncoder: ``SpeechEncoder(dense, quantizer)`` returns alig
 (``units``, ``durations``, ``dense``) per utterance. The dense model is any module with
 ``forward(wavs [B, T], lengths [B]) -> (feats [B, F, D], feat_lengths [B])``, ``frame_rate``,
 ``dim``, ``name``, ``layer`` and ``source`` (``sgpt.hubert.HubertEncoder``,
-``sgpt.mfcc.MfccEncoder``). Batches are padded; each utterance's result is the same as
-when it is encoded alone.
+``sgpt.mfcc.MfccEncoder``, ``sgpt.whisper_encoder.WhisperEncoder``). Batches are padded;
+each utterance's result is the same as when it is encoded alone.
 """
 
 from __future__ import annotations
@@ -135,8 +135,11 @@ class SpeechEncoder(nn.Module):
         return results
 
 
-def load_dense(encoder: str, checkpoint: str | None = None, layer: int = 11) -> nn.Module:
-    """The dense model: ``mfcc`` (weights-free) or ``hubert`` (a fairseq .pt or HF dir)."""
+def load_dense(encoder: str, checkpoint: str | None = None, layer: int = 11,
+               device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto"
+               ) -> nn.Module:
+    """The dense model: ``mfcc`` (weights-free), ``hubert`` (a fairseq .pt or HF dir) or
+    ``whisper`` (CTranslate2; built on ``device`` in ``dtype``, which only it uses here)."""
     if encoder == "mfcc":
         from sgpt.mfcc import MfccEncoder
 
@@ -148,17 +151,37 @@ def load_dense(encoder: str, checkpoint: str | None = None, layer: int = 11) -> 
         from sgpt.hubert import load_hubert
 
         return load_hubert(checkpoint, layer)
-    raise CheckpointError(f"unknown encoder {encoder!r} (use hubert or mfcc)")
+    if encoder == "whisper":
+        from sgpt.whisper_encoder import load_whisper
+
+        return load_whisper(checkpoint, device, dtype)
+    raise CheckpointError(f"unknown encoder {encoder!r} (use hubert, mfcc or whisper)")
 
 
 def load_speech_encoder(encoder: str, kmeans: str | None, checkpoint: str | None = None,
                         layer: int = 11, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, dedup: bool = True) -> SpeechEncoder:
-    """A ready SpeechEncoder on ``device``: the dense model in ``dtype``, k-means in float32."""
+                        dtype: torch.dtype | str = torch.float32,
+                        dedup: bool = True) -> SpeechEncoder:
+    """A ready SpeechEncoder on ``device``: the dense model in ``dtype``, k-means in float32.
+
+    ``dtype`` is a torch dtype or a ``--dtype`` name (``auto`` resolved for ``device``; the
+    whisper encoder reads ``auto`` as int8 on CPU). Whisper's pieces are its 30 s windows.
+    """
     from sgpt.kmeans import KMeansQuantizer, load_centroids
 
-    dense = load_dense(encoder, checkpoint, layer).to(dtype=dtype)
+    max_chunk = MAX_CHUNK_SAMPLES
+    if encoder == "whisper":
+        from sgpt.whisper_encoder import WINDOW_SAMPLES
+
+        dense = load_dense(encoder, checkpoint, layer, device, dtype)
+        max_chunk = WINDOW_SAMPLES
+    else:
+        if isinstance(dtype, str):
+            from sgpt.device import resolve_dtype
+
+            dtype = resolve_dtype(dtype, torch.device(device))
+        dense = load_dense(encoder, checkpoint, layer).to(dtype=dtype)
     quantizer = None
     if kmeans is not None:
         quantizer = KMeansQuantizer(torch.from_numpy(load_centroids(kmeans)))
-    return SpeechEncoder(dense, quantizer, dedup=dedup).to(device).eval()
+    return SpeechEncoder(dense, quantizer, dedup=dedup, max_chunk=max_chunk).to(device).eval()

@@ -144,10 +144,14 @@ def encoder_options(fn):
                       help="HuBERT layer whose output is clustered (fairseq's output_layer).")(fn)
     fn = click.option("--checkpoint", type=click.Path(),
                       help="fairseq HuBERT/mHuBERT .pt file, or a transformers HubertModel "
-                           "directory (implies --encoder hubert).")(fn)
-    return click.option("--encoder", type=click.Choice(["hubert", "mfcc"]),
-                        help="Dense features: hubert (needs --checkpoint) or mfcc "
-                             "(weights-free MFCC + deltas, 50 frames/s).")(fn)
+                           "directory (implies --encoder hubert unless --encoder says "
+                           "otherwise).")(fn)
+    return click.option("--encoder", type=click.Choice(["hubert", "mfcc", "whisper"]),
+                        help="Dense features: hubert (needs --checkpoint), mfcc "
+                             "(weights-free MFCC + deltas, 50 frames/s) or whisper (Whisper "
+                             "base's encoder, 512 dims, 50 frames/s, via CTranslate2; "
+                             "--checkpoint may name another CTranslate2 Whisper "
+                             "directory).")(fn)
 
 
 def input_options(fn):
@@ -217,12 +221,11 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
         raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units")
     shard_index = parse_shard(shard)
     items = shard_items(gather_items(inputs, manifest, reporter), shard_index)
-    from sgpt.device import resolve_device, resolve_dtype
+    from sgpt.device import resolve_device
     from sgpt.speech_encoder import load_speech_encoder
 
     dev = resolve_device(device)
-    model = load_speech_encoder(dense, kmeans, checkpoint, layer, dev, resolve_dtype(dtype, dev),
-                                dedup=not no_dedup)
+    model = load_speech_encoder(dense, kmeans, checkpoint, layer, dev, dtype, dedup=not no_dedup)
     meta = model.meta
     writer = RecordWriter(output, fmt)
     todo = [item for item in items if item.id not in writer.done]
@@ -265,8 +268,9 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
     Example:
       sgpt-units learn-kmeans --encoder mfcc -k 100 --seed 0 -o km100.npy corpus/*.wav
       sgpt-units --encoder mfcc --kmeans km100.npy corpus/*.wav > units.jsonl
+      sgpt-units learn-kmeans --encoder whisper -k 100 -o whisper_km100.npy corpus/*.wav
     """
-    from sgpt.device import resolve_device, resolve_dtype
+    from sgpt.device import resolve_device
     from sgpt.kmeans import FrameReservoir, save_centroids
     from sgpt.kmeans import learn_kmeans as fit
     from sgpt.speech_encoder import load_speech_encoder
@@ -275,7 +279,7 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
     dense = _dense_choice(encoder, checkpoint)
     items = gather_items(inputs, manifest, reporter)
     dev = resolve_device(device)
-    model = load_speech_encoder(dense, None, checkpoint, layer, dev, resolve_dtype(dtype, dev))
+    model = load_speech_encoder(dense, None, checkpoint, layer, dev, dtype)
     reservoir = FrameReservoir(max_frames, seed)
     batch_samples = int(batch_seconds * SAMPLE_RATE)
     with progress_bar(progress, len(items), "features") as advance:

