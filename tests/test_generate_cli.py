@@ -7,6 +7,7 @@ import json
 import select
 import subprocess
 
+import numpy as np
 import pytest
 import soundfile as sf
 from conftest import run_tool, tool
@@ -164,11 +165,11 @@ def test_adapter_on_a_plain_directory(tmp_path):
 
 
 def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tmp_path):
-    km = tmp_path / "km.npy"
-    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "mfcc", "-k", K, "--seed", "1",
-                 "-o", km, *sorted(speech_dir.glob("*.wav")))
-    assert r.returncode == 0, r.stderr
-    questions = f"What is the capital of France?\n{speech_dir / 's0.wav'}\nsay <5>\n"
+    km = tmp_path / "km.npy"  # k-means of K centroids over MFCC features (39 dims)
+    np.save(km, np.random.default_rng(0).standard_normal((K, 39)).astype(np.float32))
+    wav = speech_dir / "s0.wav"
+    questions = (f"What is the capital of France?\n{wav}\nsay <5>\n"
+                 f"Transcribe it. This is input: {wav}\n")
     r = generate(model_dir, "-i", "--greedy", "--max-new-tokens", "40", "--units-encoder",
                  "mfcc", "--units-kmeans", km, "--vocoder", vocoder, "--wav-dir",
                  tmp_path / "talk", input=questions)
@@ -178,6 +179,7 @@ def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tm
     assert lines[0] == "answer: Paris is the capital of France."
     assert lines[1] == f"speech: {tmp_path / 'talk' / 'answer-1.wav'}"
     assert sf.info(str(tmp_path / "talk" / "answer-1.wav")).frames > 0
-    assert any(line.startswith("answer:") for line in lines[2:])  # the spoken question
+    # the spoken question, and an instruction about it
+    assert sum(line.startswith("answer:") for line in lines[2:]) == 2
     r = generate(model_dir, "-i", input=f"{speech_dir / 's0.wav'}\n")
     assert r.returncode == 1 and "--units-kmeans" in r.stderr

@@ -165,11 +165,11 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
       sgpt-generate --model out/stage3 -i --units-checkpoint mhubert.pt \\
           --units-kmeans km1000.bin --vocoder unit_hifigan_dir
     """
-    from sgpt.generate import Sampling
-
     reporter = Reporter(TOOL, strict)
     if model is None:
         raise click.UsageError(NO_DEFAULT)
+    from sgpt.generate import Sampling
+
     sampling = Sampling(greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
                         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                         seed=seed)
@@ -293,7 +293,11 @@ class Voice:
 
 def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
          instructions: dict) -> int:
-    """-i: read a question a line (text, or an audio file's path), print the answer."""
+    """-i: read a question a line, print the answer.
+
+    A line is text, the path of an audio file, or, as in the reference CLI, an instruction
+    about an audio file: ``Transcribe this. This is input: q.wav``.
+    """
     from sgpt.generate import answer_record, build_prompt
 
     voice = Voice(session, **speech)
@@ -314,8 +318,13 @@ def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
         n += 1
         record: dict = {"id": f"turn-{n}"}
         try:
+            instruction, _, path = line.rpartition("This is input:")
+            path = path.strip()
             if os.path.isfile(line):
                 record.update(voice.units(line), audio=line)
+            elif instruction.strip() and os.path.isfile(path):
+                # the reference CLI's form: an instruction about an audio file
+                record.update(voice.units(path), audio=path, text=instruction.strip())
             else:
                 record["text"] = line
             prompt = build_prompt(record, session.tokenizer, session.generator.max_length,
