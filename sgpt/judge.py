@@ -406,13 +406,26 @@ def make_judge(kind: str = "whisper", command: str | None = None, **kwargs):
 # python -m sgpt.judge: judge records that carry 'audio' and a reference text
 
 
-def judge_records(records: list[dict], judge, ref_key: str = "text") -> dict:
-    """Add ``judge_text`` to each record (in place); return the WER summary over them."""
+def judge_records(records: list[dict], judge, ref_key: str = "text",
+                  group_by: str | None = None) -> dict:
+    """Add ``judge_text`` to each record (in place); return the WER summary over them.
+
+    With ``group_by``, the summary also holds ``groups``: one WER summary per value of that
+    record key (e.g. per voice).
+    """
     hyps = judge.transcribe([r["audio"] for r in records])
     for r, h in zip(records, hyps):
         r["judge_text"] = h
     summary = word_error_rate([r[ref_key] for r in records], hyps)
     summary.update(utterances=len(records), judge=judge.name, normalization="sgpt.judge")
+    if group_by is not None:
+        groups: dict[str, list[dict]] = {}
+        for r in records:
+            groups.setdefault(str(r.get(group_by)), []).append(r)
+        summary["groups"] = {
+            g: dict(word_error_rate([r[ref_key] for r in rs], [r["judge_text"] for r in rs]),
+                    utterances=len(rs))
+            for g, rs in groups.items()}
     return summary
 
 
@@ -431,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-key", default="text", help="record key of the reference text")
     ap.add_argument("--batch-size", type=int, default=8, help="files per Whisper batch")
     ap.add_argument("--summary", metavar="FILE.json", help="also write the summary here")
+    ap.add_argument("--group-by", metavar="KEY", help="also score each value of this record "
+                    "key apart (e.g. voice)")
     args = ap.parse_args(argv)
     from sgpt.files import write_atomic
     from sgpt.records import read_records
@@ -453,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kwargs = {"batch_size": args.batch_size} if args.judge == "whisper" else {}
         judge = make_judge(args.judge, args.judge_cmd, **kwargs)
-        summary = judge_records(records, judge, args.ref_key)
+        summary = judge_records(records, judge, args.ref_key, args.group_by)
     except (SgptError, ValueError) as e:
         print(f"{tool}: error: {e}", file=sys.stderr)
         return 1

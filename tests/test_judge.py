@@ -15,6 +15,7 @@ from sgpt.judge import (
     JudgeError,
     WhisperJudge,
     edit_distance,
+    judge_records,
     normalize_text,
     number_words,
     packaged_whisper_files,
@@ -225,3 +226,27 @@ def test_cli_judges_records_and_names_bad_ones(tmp_path, speech):
     assert s["words"] == 7 + 9
     assert s["substitutions"] + s["deletions"] + s["insertions"] == 9
     assert s["wer"] == pytest.approx(9 / 16)
+
+
+def test_judge_records_scores_each_group(tmp_path):
+    recs = []
+    for i, (voice, said) in enumerate([("a", "one two"), ("a", "three four"), ("b", "five")]):
+        wav = tmp_path / f"{i}.wav"
+        wav.write_bytes(b"")
+        (tmp_path / f"{i}.txt").write_text(said if i != 1 else "three")
+        recs.append({"id": str(i), "audio": str(wav), "text": said, "voice": voice})
+    judge = CommandJudge('cat "$(dirname {wav})/$(basename {wav} .wav).txt"')
+    s = judge_records(recs, judge, group_by="voice")
+    assert [r["judge_text"] for r in recs] == ["one two", "three", "five"]
+    assert s["wer"] == pytest.approx(1 / 5) and s["utterances"] == 3
+    assert s["groups"]["a"]["wer"] == pytest.approx(1 / 4)
+    assert s["groups"]["b"]["wer"] == 0 and s["groups"]["b"]["utterances"] == 1
+
+
+def test_pocketsphinx_judge_hears_some_words(speech):
+    pytest.importorskip("pocketsphinx")
+    from sgpt.judge import PocketsphinxJudge
+
+    hyps = PocketsphinxJudge().transcribe(speech)
+    assert len(hyps) == len(speech)
+    assert word_error_rate(SENTENCES, hyps)["hits"] > 0, hyps  # weak, but it hears speech
