@@ -183,3 +183,15 @@ def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tm
     assert sum(line.startswith("answer:") for line in lines[2:]) == 2
     r = generate(model_dir, "-i", input=f"{speech_dir / 's0.wav'}\n")
     assert r.returncode == 1 and "--units-kmeans" in r.stderr
+
+
+@pytest.mark.parametrize("k, reason", [(60, "not the tokenizer it was trained with"),
+                                       (40, "trained with k=50 units, the tokenizer has 40")])
+def test_a_tokenizer_that_does_not_match_the_model_is_refused(model_dir, k, reason):
+    from sgpt.cli.generate import Session
+    from sgpt.errors import SgptError
+    from sgpt.generate import Sampling
+
+    other = str(extended("llama", "reference", k))
+    with pytest.raises(SgptError, match=reason):
+        Session(str(model_dir), None, other, "cpu", "float32", Sampling(), 1, True)
