@@ -305,20 +305,22 @@ def model_meta(stage: str, k: int, adapter: bool, base_model: str, vocab_size: i
 
 
 def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: str,
-                   files: dict[str, str] | None = None) -> None:
+                   files: dict[str, str] | None = None, state_dict: dict | None = None
+                   ) -> None:
     """Write an sgpt model directory; a reader never sees it half written.
 
     ``model`` is a transformers model (full) or a ``PeftModel`` (its adapter only);
     ``files`` maps further file names to their text (the effective config). The files are
     written beside ``output``, then moved into it (other files there, such as a training
     run's metrics, stay), ``sgpt_model.json`` last: its presence marks the directory whole.
+    ``state_dict``: the weights to write, when the model's own are sharded (FSDP).
     """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_META).unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.model.", dir=out.parent))
     try:
-        _write_model_files(tmp, model, meta, tokenizer_dir, files)
+        _write_model_files(tmp, model, meta, tokenizer_dir, files, state_dict)
         stale = ({"model.safetensors", "config.json", "generation_config.json"}
                  if meta["adapter"] else {"adapter_model.safetensors", ADAPTER_CONFIG})
         for name in stale:
@@ -332,13 +334,14 @@ def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: 
 
 
 def _write_model_files(tmp: Path, model, meta: dict, tokenizer_dir: str,
-                       files: dict[str, str] | None) -> None:
+                       files: dict[str, str] | None, state_dict: dict | None) -> None:
+    extra = {} if state_dict is None else {"state_dict": state_dict}
     with quiet_transformers():
         if meta["adapter"]:  # the base's resized rows are reproducible: not saved again
             model.save_pretrained(str(tmp), safe_serialization=True,
-                                  save_embedding_layers=False)
+                                  save_embedding_layers=False, **extra)
         else:
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            model.save_pretrained(str(tmp), safe_serialization=True, **extra)
         card = tmp / "README.md"  # peft's model card template: not ours to publish
         if meta["adapter"] and card.is_file():
             card.unlink()

@@ -65,6 +65,7 @@ CONFIG_FILE = "train_config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT = "checkpoint"
 METHODS = ("full", "lora")
+STRATEGIES = ("ddp", "fsdp")
 # settings that may change between a run and its resumption without changing the result
 NOT_IDENTITY = ("progress", "log_every", "device", "keep_checkpoint")
 
@@ -108,6 +109,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 100                 # steps between checkpoints
     log_every: int = 10
+    strategy: str = "ddp"                 # under torchrun: ddp (replicas) | fsdp (shards)
     merge: bool = False                   # LoRA: write the merged model, not the adapter
     keep_checkpoint: bool = False         # keep OUT/checkpoint after the run
     progress: bool | None = None
@@ -132,6 +134,8 @@ class TrainConfig:
             raise TrainError("need lr > 0, 0 <= warmup-ratio < 1, 0 <= eval-fraction < 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainError("--max-steps must be at least 1")
+        if self.strategy not in STRATEGIES:
+            raise TrainError(f"--strategy must be ddp or fsdp (got {self.strategy})")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise TrainError(f"--dtype {self.dtype}: training autocasts to bfloat16 or runs "
                              "in float32 (float16 needs loss scaling: use bfloat16)")
@@ -308,6 +312,21 @@ def _head_name(model) -> str:
     return next(n for n, m in model.named_modules() if m is head).split(".")[-1]
 
 
+def shard(model) -> None:
+    """FSDP (``fully_shard``): each decoder layer is its own unit, the rest the root's."""
+    from torch.distributed.fsdp import fully_shard
+
+    kinds = set(getattr(getattr(model, "base_model", model), "_no_split_modules", None) or ())
+    kinds |= set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise TrainError("--strategy fsdp: the model names no decoder layer class to shard "
+                         "by (_no_split_modules)")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
 def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -333,24 +352,46 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 
 # --- checkpoints --------------------------------------------------------------------------------
 
-def save_checkpoint(out: Path, step: int, params: dict, optimizer, state: dict) -> None:
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A tensor whole on the CPU; an FSDP shard is gathered (all processes must call)."""
+    t = t.detach()
+    if hasattr(t, "full_tensor"):  # a DTensor
+        t = t.full_tensor()
+    return t.to("cpu").contiguous()
+
+
+def like(ref: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """``full`` placed as ``ref`` is: this process's shard of it when ``ref`` is a DTensor."""
+    full = full.to(ref.device, ref.dtype)
+    if hasattr(ref, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
+    return full
+
+
+def save_checkpoint(out: Path, step: int, params: dict, optimizer, state: dict,
+                    write: bool = True) -> None:
     """``out/checkpoint/``: weights.safetensors, optimizer.safetensors, state.json; replaced
-    whole (written beside, then renamed)."""
+    whole (written beside, then renamed). Every process calls it (sharded tensors are
+    gathered); the one with ``write`` writes."""
     from safetensors.torch import save_file
 
-    tmp = out / f".{CHECKPOINT}.tmp"
-    old = out / f".{CHECKPOINT}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({n: p.detach().to("cpu").contiguous() for n, p in params.items()},
-              str(tmp / "weights.safetensors"))
+    weights = {n: whole(p) for n, p in params.items()}
     moments, steps = {}, {}
     for name, p in params.items():
         s = optimizer.state.get(p)
         if s:
-            moments[f"{name}.exp_avg"] = s["exp_avg"].to("cpu").contiguous()
-            moments[f"{name}.exp_avg_sq"] = s["exp_avg_sq"].to("cpu").contiguous()
+            moments[f"{name}.exp_avg"] = whole(s["exp_avg"])
+            moments[f"{name}.exp_avg_sq"] = whole(s["exp_avg_sq"])
             steps[name] = float(s["step"])
+    if not write:
+        return
+    tmp = out / f".{CHECKPOINT}.tmp"
+    old = out / f".{CHECKPOINT}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(weights, str(tmp / "weights.safetensors"))
     save_file(moments, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**state, "step": step,
                                                 "optimizer_steps": steps}, indent=1) + "\n")
@@ -379,13 +420,13 @@ def load_checkpoint(path: Path, params: dict, optimizer, device) -> dict:
         raise CheckpointError(f"{path}: its weights are not this model's trainable ones")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+            p.copy_(like(p, weights[name]))
     for name, p in params.items():
         if name in state["optimizer_steps"]:
             optimizer.state[p] = {
                 "step": torch.tensor(state["optimizer_steps"][name]),
-                "exp_avg": moments[f"{name}.exp_avg"].to(device),
-                "exp_avg_sq": moments[f"{name}.exp_avg_sq"].to(device)}
+                "exp_avg": like(p, moments[f"{name}.exp_avg"]).float(),
+                "exp_avg_sq": like(p, moments[f"{name}.exp_avg_sq"]).float()}
     return state
 
 
@@ -497,10 +538,16 @@ class Run:
         mine = self.eval_idx[self.dist.rank::self.dist.world]
         total, count = 0.0, 0
         b = self.config.batch_size
-        for i in range(0, len(mine), b):
-            batch = collate(self.eval_data, mine[i:i + b], self.pad_id, self.config.max_length)
-            total += float(self._loss_sum(model, batch))
-            count += int(batch["labels"][:, 1:].ne(-100).sum())
+        # every process runs as many forward passes (FSDP gathers weights in each)
+        rounds = math.ceil(math.ceil(len(self.eval_idx) / self.dist.world) / b)
+        for r in range(rounds):
+            part = mine[r * b:(r + 1) * b]
+            batch = collate(self.eval_data, part if len(part) else self.eval_idx[:1],
+                            self.pad_id, self.config.max_length)
+            loss = float(self._loss_sum(model, batch))
+            if len(part):
+                total += loss
+                count += int(batch["labels"][:, 1:].ne(-100).sum())
         model.train()
         total, count = self.dist.sum([total, float(count)])
         return total / count if count else None
@@ -513,6 +560,9 @@ class Run:
             return {"finished": True}
         config, dist = self.config, self.dist
         model = self.model
+        fsdp = dist.world > 1 and config.strategy == "fsdp"
+        if fsdp:
+            shard(model)  # before the optimizer: it holds the shards
         params = trainable_parameters(model)
         optimizer = make_optimizer(params, config)
         start, elapsed = 0, 0.0
@@ -533,7 +583,7 @@ class Run:
                      f"sequences on {dist.world} process(es)")
         dist.barrier()
         wrapped = model
-        if dist.world > 1:
+        if dist.world > 1 and not fsdp:
             wrapped = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         model.train()
@@ -553,7 +603,11 @@ class Run:
             for a, mb in enumerate(micro):
                 batch = collate(self.data, mb, self.pad_id, config.max_length)
                 sync = a == len(micro) - 1 or dist.world == 1
-                ctx = wrapped.no_sync() if not sync else nullcontext()
+                ctx = nullcontext()
+                if fsdp:
+                    model.set_requires_gradient_sync(sync)
+                elif not sync:
+                    ctx = wrapped.no_sync()
                 with ctx:
                     loss = self._loss_sum(wrapped, batch)
                     (loss * dist.world / max(1, denom)).backward()
@@ -584,12 +638,10 @@ class Run:
                     last["eval_loss"] = eval_loss
                     self._metric({"step": done, "eval_loss": eval_loss})
             if done % config.save_every == 0 and done < self.total_steps:
-                if dist.main:
-                    save_checkpoint(self.out, done, params, optimizer,
-                                    {"elapsed": elapsed, "seed": config.seed})
+                save_checkpoint(self.out, done, params, optimizer,
+                                {"elapsed": elapsed, "seed": config.seed}, write=dist.main)
                 dist.barrier()
-        if dist.main:
-            self._save_model()
+        self._save_model(fsdp)
         dist.barrier()
         return last
 
@@ -612,20 +664,35 @@ class Run:
                 continue
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
-    def _save_model(self) -> None:
+    def _save_model(self, sharded: bool) -> None:
+        """Write the model directory (the main process; with FSDP all gather first)."""
         config = self.config
         model = self.model
-        adapter = config.method == "lora" and not config.merge
-        if config.method == "lora" and config.merge:
+        lora = config.method == "lora"
+        state_dict = None
+        if sharded:  # gathered whole; a LoRA model is merged after, from the saved adapter
+            state_dict = {n: whole(t) for n, t in model.state_dict().items()}
+        if not self.dist.main:
+            return
+        if lora and config.merge and not sharded:
             model = model.merge_and_unload()
         model.config.use_cache = True
         if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
             model.gradient_checkpointing_disable()
+        adapter = lora and not (config.merge and not sharded)
         meta = model_meta(config.stage, self.tok.k, adapter, config.model, len(self.tok),
                           method=config.method, new_token_ids=[self.new_ids[0], self.new_ids[-1]]
                           if self.new_ids else None)
-        save_model_dir(self.out, model, meta, self.tokenizer_dir,
-                       {CONFIG_FILE: dump_yaml(config)})
+        files = {CONFIG_FILE: dump_yaml(config)}
+        save_model_dir(self.out, model, meta, self.tokenizer_dir, files, state_dict=state_dict)
+        if adapter and config.merge:
+            from sgpt.llm import load_model_dir
+
+            merged, _ = load_model_dir(str(self.out))
+            meta = {**meta, "adapter": False}
+            meta.pop("base_model_path", None)
+            save_model_dir(self.out, merged, meta, self.tokenizer_dir, files)
+            adapter = False
         if not config.keep_checkpoint:
             shutil.rmtree(self.out / CHECKPOINT, ignore_errors=True)
         self.log(f"{self.out}: {'adapter' if adapter else 'model'} written")

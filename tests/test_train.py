@@ -21,7 +21,7 @@ from fakes.tokenizers import extended
 from test_llm import logits, tiny_llama_dir
 
 from sgpt.instruct import chain_of_modality_examples, cross_modal_examples
-from sgpt.llm import MODEL_META, load_model_dir, vocab_rows
+from sgpt.llm import MODEL_META, embeddings_tied, load_model_dir, vocab_rows
 from sgpt.pack import Inputs, PackConfig, Packer
 from sgpt.train import Run as TrainRun
 from sgpt.train import TrainConfig, TrainError, load_yaml, make_config
@@ -228,22 +228,31 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(data, tmp_path
     assert done.exit_code == 0 and "nothing to do" in done.output
 
 
-def test_torchrun_two_processes_equal_one_with_the_same_global_batch(data, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, strategy):
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", str(29500 + os.getpid() % 1000),
+         "--master-port", str(29500 + os.getpid() % 1000 + (strategy == "fsdp")),
          tool("sgpt-train"), *cli_args(data, tmp_path / "two", "--max-steps", 6,
-                                       "--device", "cpu")],
+                                       "--device", "cpu", "--strategy", strategy,
+                                       "--save-every", 3, "--eval-fraction", 0.2)],
         env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = invoke(cli_args(data, tmp_path / "one", "--max-steps", 6, "--grad-accum", 2))
+    one = invoke(cli_args(data, tmp_path / "one", "--max-steps", 6, "--grad-accum", 2,
+                          "--eval-fraction", 0.2))
     assert one.exit_code == 0, one.output
     assert "on 2 process(es)" in two.stderr and "on 1 process(es)" in one.output
     a, b = final_weights(tmp_path / "two"), final_weights(tmp_path / "one")
-    for name in a:
+    assert "model.embed_tokens.weight" in a.keys() & b.keys()
+    for name in a.keys() & b.keys():
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
-    assert [r["loss"] for r in metrics(tmp_path / "two")] == pytest.approx(
-        [r["loss"] for r in metrics(tmp_path / "one")], rel=1e-4)
+    (m2, _), (m1, _) = (load_model_dir(str(tmp_path / run)) for run in ("two", "one"))
+    assert embeddings_tied(m2) and embeddings_tied(m1)
+    torch.testing.assert_close(logits(m2, [1, 2001, 5]), logits(m1, [1, 2001, 5]), rtol=1e-4,
+                               atol=1e-4)
+    losses = {run: [r.get("loss", r.get("eval_loss")) for r in metrics(tmp_path / run)]
+              for run in ("one", "two")}
+    assert losses["two"] == pytest.approx(losses["one"], rel=1e-4)
 
 
 def invoke(args):

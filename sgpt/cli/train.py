@@ -79,6 +79,9 @@ def _comma_list(ctx, param, value):
 @click.option("--save-every", type=int, default=None, help="Steps between checkpoints [100].")
 @click.option("--log-every", type=int, default=None,
               help="Steps between metrics lines (DIR/metrics.jsonl) [10].")
+@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default=None,
+              help="Under torchrun: ddp (a model replica per process) or fsdp (weights, "
+                   "gradients and optimizer state sharded by decoder layer) [ddp].")
 @click.option("--merge/--no-merge", default=None,
               help="LoRA: write the merged full model instead of the adapter [no].")
 @click.option("--keep-checkpoint", is_flag=True, default=None,
