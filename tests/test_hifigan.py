@@ -11,6 +11,7 @@ import torch
 from fakes.hifigan import (
     fabricate_vocoder,
     multispeaker,
+    one_torch_thread,
     published_config,
     random_generator,
     small_config,
@@ -20,6 +21,12 @@ from fakes.hifigan import (
 from sgpt.errors import CheckpointError, RecordError, SgptError
 from sgpt.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, load_vocoder, read_config
 from sgpt.vocoder import Request, Vocoder, padded_batches
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from conftest import run_tool, tool
 from fakes.hifigan import (
     fabricate_vocoder,
     multispeaker,
+    one_torch_thread,
     small_config,
     without_duration_predictor,
 )
@@ -32,6 +33,12 @@ def jsonl(records) -> str:
 
 def records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines()]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

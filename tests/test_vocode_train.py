@@ -9,13 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import run_tool
-from fakes.hifigan import small_config
+from fakes.hifigan import one_torch_thread, small_config
 
 from sgpt.audio import load_audio
+from sgpt.errors import SgptError
 from sgpt.hifigan import load_vocoder, read_config
+from sgpt.hifigan_train import Trainer, TrainOptions, amp_dtype, make_example, training_config
 
 K = 16
-TRAIN = ["--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "2",
+TRAIN = ["--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "1",
          "--log-interval", "1"]
 
 
@@ -46,6 +48,12 @@ def dedup(frames: list[int]) -> tuple[list[int], list[int]]:
             units.append(u)
             durations.append(1)
     return units, durations
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +88,13 @@ def test_train_resume_and_load_in_fairseq(data, tmp_path):
     d, records = data
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
 
-    r = train(d, straight, 3, d / "train.jsonl")
+    r = train(d, straight, 2, d / "train.jsonl")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in straight.iterdir()) == [
-        "config.json", "do_00000002", "do_00000003", "g_00000002", "g_00000003",
+        "config.json", "do_00000001", "do_00000002", "g_00000001", "g_00000002",
         "train_log.jsonl"]
     entries = log(straight)
-    assert [e["step"] for e in entries] == [1, 2, 3]
+    assert [e["step"] for e in entries] == [1, 2]
     for e in entries:
         for key in ("loss_gen_all", "mel_error", "loss_fm", "loss_adv", "loss_disc", "loss_dur"):
             assert np.isfinite(e[key]) and e[key] >= 0
@@ -94,28 +102,28 @@ def test_train_resume_and_load_in_fairseq(data, tmp_path):
     assert cfg.num_embeddings == K and cfg.extra["batch_size"] == 2
     assert cfg.extra["segment_size"] == 1920
 
-    # bad records are named and skipped; the run stops at 2, then resumes to 3
-    r = train(d, resumed, 2, d / "train.jsonl", d / "bad.jsonl")
+    # bad records are named and skipped; the run stops at 1, then resumes to 2
+    r = train(d, resumed, 1, d / "train.jsonl", d / "bad.jsonl")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "sgpt-vocode: error: missing: " in r.stderr
     assert "sgpt-vocode: error: nodur: deduplicated units without 'durations'" in r.stderr
-    r = train(d, resumed, 3, d / "train.jsonl")
+    r = train(d, resumed, 2, d / "train.jsonl")
     assert r.returncode == 0, r.stderr
-    assert "resuming from step 2" in r.stderr
-    assert [e["step"] for e in log(resumed)] == [1, 2, 3]
-    for name in ("g_00000003", "do_00000003"):
+    assert "resuming from step 1" in r.stderr
+    assert [e["step"] for e in log(resumed)] == [1, 2]
+    for name in ("g_00000002", "do_00000002"):
         a = torch.load(straight / name, weights_only=True)
         b = torch.load(resumed / name, weights_only=True)
         for part in ("generator", "mpd", "msd"):
             if part in a:
                 assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), (name, part)
-    assert torch.load(resumed / "do_00000003", weights_only=True)["steps"] == 3
-    done = train(d, resumed, 3, d / "train.jsonl")
-    assert done.returncode == 0 and "already holds step 3" in done.stderr
+    assert torch.load(resumed / "do_00000002", weights_only=True)["steps"] == 2
+    done = train(d, resumed, 2, d / "train.jsonl")
+    assert done.returncode == 0 and "already holds step 2" in done.stderr
 
     # the result loads in fairseq's CodeHiFiGANVocoder and sounds the same there
     vocoder = pytest.importorskip("fairseq.models.text_to_speech.vocoder")
-    ref = vocoder.CodeHiFiGANVocoder(str(straight / "g_00000003"),
+    ref = vocoder.CodeHiFiGANVocoder(str(straight / "g_00000002"),
                                      json.loads((straight / "config.json").read_text()))
     ours = load_vocoder(str(straight))
     units = torch.tensor([records[0]["units"][:30]])
@@ -138,10 +146,29 @@ def test_training_errors(data, tmp_path):
     assert r.returncode == 1 and "no usable training records" in r.stderr
     cfg = json.loads((d / "config.json").read_text())
     (tmp_path / "other.json").write_text(json.dumps({**cfg, "upsample_initial_channel": 64}))
-    first = train(d, tmp_path / "y", 1, d / "train.jsonl")
-    assert first.returncode == 0, first.stderr
+    (tmp_path / "y").mkdir()  # a run's directory: its config.json fixes the architecture
+    (tmp_path / "y" / "config.json").write_text(json.dumps(cfg))
     r = run_tool("sgpt-vocode", "train", "--config", tmp_path / "other.json", "-o",
                  tmp_path / "y", "--steps", 2, d / "train.jsonl")
     assert r.returncode == 1 and "architecture differs" in r.stderr
     r = train(d, tmp_path / "z", 1, "--segment-size", "1000", d / "train.jsonl")
     assert r.returncode == 1 and "multiple of code_hop_size 320" in r.stderr
+
+
+def test_bfloat16_autocast_step(data, tmp_path):
+    """One update under bf16 autocast (what --dtype auto picks on AMX CPUs and CUDA): finite
+    losses, float32 master weights in the g_ file, and a generator that loads."""
+    d, records = data
+    assert amp_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert amp_dtype("float32", torch.device("cpu")) is None
+    with pytest.raises(SgptError, match="float16 is not supported"):
+        amp_dtype("float16", torch.device("cpu"))
+    opts = TrainOptions(output=str(tmp_path / "bf16"), steps=1, batch_size=2,
+                        segment_size=960, checkpoint_interval=1, log_interval=1)
+    cfg = training_config(opts, str(d / "config.json"))
+    trainer = Trainer(cfg, opts, torch.device("cpu"), torch.bfloat16, info=lambda _: None)
+    entry = trainer.train([make_example(r, cfg) for r in records[:2]])
+    assert all(np.isfinite(entry[k]) for k in ("loss_gen_all", "mel_error", "loss_dur"))
+    g = torch.load(tmp_path / "bf16" / "g_00000001", weights_only=True)["generator"]
+    assert all(v.dtype == torch.float32 for v in g.values())
+    assert load_vocoder(str(tmp_path / "bf16")).cfg.num_embeddings == K

@@ -8,8 +8,10 @@ the duration predictor predicts a few frames per unit, so parity checks compare 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -81,3 +83,21 @@ def fabricate_vocoder(directory: Path, config: dict | None = None, seed: int = 0
     torch.save({"generator": model.state_dict()}, directory / f"g_{step:08d}")
     (directory / "config.json").write_text(json.dumps(config, indent=4))
     return directory
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """One torch thread here and in the tools the tests start (OMP_NUM_THREADS): the tiny
+    models gain nothing from more, and on a loaded machine two spinning OpenMP threads made
+    a training step 8x slower (measured)."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
