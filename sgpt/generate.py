@@ -263,6 +263,7 @@ class _Feed:
     def __init__(self, prompts: Iterable[Prompt], ahead: int):
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self.done = False
+        self.error: BaseException | None = None
         threading.Thread(target=self._read, args=(prompts,), daemon=True).start()
 
     def _read(self, prompts: Iterable[Prompt]) -> None:
@@ -283,9 +284,9 @@ class _Feed:
                 break
             if kind == "end":
                 self.done = True
-            elif kind == "error":
+            elif kind == "error":  # raised when the rows already running are written
                 self.done = True
-                raise item
+                self.error = item
             else:
                 out.append(item)
         return out
@@ -381,7 +382,8 @@ class Generator:
         Up to ``batch_size`` prompts are decoded together. A row that finishes leaves the
         batch at once and a waiting prompt takes its place (its prompt is run through the
         model, then it joins the running rows, left-padded to their length), so the batch
-        stays full however unequal the answers are.
+        stays full however unequal the answers are. An exception raised while reading
+        ``prompts`` is raised again once the rows already running are done.
         """
         feed = _Feed(prompts, 2 * self.batch_size)
         running: _Running | None = None
@@ -392,6 +394,8 @@ class Generator:
                 if new:
                     running = self._admit(running, new)
             if running is None:
+                if feed.error is not None:
+                    raise feed.error
                 return
             running = yield from self._step(running)
 

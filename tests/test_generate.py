@@ -358,3 +358,18 @@ def test_a_slow_producer_gets_each_answer_before_sending_the_next():
 
 def test_prompt_dataclass_id():
     assert Prompt({"id": "z"}, "chat", [1]).id == "z"
+
+
+def test_an_error_reading_prompts_comes_after_the_running_answers():
+    tok = tokenizer()
+    gen = Generator(tiny_llama(len(tok), seed=3), tok, greedy(max_new_tokens=4))
+
+    def prompts():
+        yield build_prompt({"id": "first", "text": "Hello there."}, tok)
+        raise RecordError("second", "bad")  # what --strict raises at a bad record
+
+    got = []
+    with pytest.raises(RecordError, match="second: bad"):
+        for res in gen.generate(prompts()):
+            got.append(res.prompt.id)
+    assert got == ["first"]
