@@ -326,8 +326,38 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return x if mask is None else x * mask
+class Padding:
+    """Zeroes what lies beyond each item's own length in a padded batch [B, C, T].
+
+    At inference the padded tails are zeroed in place (a write proportional to the padding);
+    a multiply by a 0/1 mask over the whole batch cost a third of the generator's time on a
+    CPU. With autograd on, it multiplies (no in-place change to a tensor backward needs).
+    """
+
+    def __init__(self, lengths: torch.Tensor, total: int):
+        self.lengths, self.total = lengths, total
+        self.tails = [(i, n) for i, n in enumerate(lengths.tolist()) if n < total]
+        self.mask: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            if self.mask is None:
+                self.mask = length_mask(self.lengths, self.total, x.dtype)
+            return x * self.mask
+        for i, n in self.tails:
+            x[i, :, n:] = 0
+        return x
+
+
+def padding(lengths: torch.Tensor, total: int) -> Padding | None:
+    """A Padding for items of ``lengths`` padded to ``total``; None when none is padded."""
+    return None if bool((lengths >= total).all()) else Padding(lengths, total)
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | Padding | None) -> torch.Tensor:
+    if mask is None:
+        return x
+    return x * mask if isinstance(mask, torch.Tensor) else mask(x)
 
 
 def length_mask(lengths: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -354,7 +384,7 @@ class ResBlock1(nn.Module):
             WNConv1d(channels, channels, kernel_size, 1, dilation=1,
                      padding=get_padding(kernel_size, 1), init_std=0.01) for _ in dilation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Padding | None = None) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
             xt = _masked(c1(F.leaky_relu(x, LRELU_SLOPE)), mask)
             xt = _masked(c2(F.leaky_relu(xt, LRELU_SLOPE)), mask)
@@ -371,7 +401,7 @@ class ResBlock2(nn.Module):
             WNConv1d(channels, channels, kernel_size, 1, dilation=d,
                      padding=get_padding(kernel_size, d), init_std=0.01) for d in dilation)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Padding | None = None) -> torch.Tensor:
         for c in self.convs:
             x = _masked(c(F.leaky_relu(x, LRELU_SLOPE)), mask) + x
         return x
@@ -471,13 +501,13 @@ class UnitHiFiGAN(nn.Module):
         """Frames [B, C, T] (zero beyond each length) -> waveforms [B, N] and lengths [B]."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[-1], device=x.device)
-        mask = length_mask(lengths, x.shape[-1], x.dtype)
+        mask = padding(lengths, x.shape[-1])
         x = _masked(self.conv_pre(x), mask)
         for i, up in enumerate(self.ups):
             x = F.leaky_relu(x, LRELU_SLOPE)
             x = up(x)
             lengths = up.out_length(lengths)
-            mask = length_mask(lengths, x.shape[-1], x.dtype)
+            mask = padding(lengths, x.shape[-1])
             x = _masked(x, mask)
             xs = None
             for j in range(self.num_kernels):
