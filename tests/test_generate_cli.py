@@ -126,10 +126,15 @@ def test_answers_stream_from_a_pipe_and_seeds_repeat(model_dir):
     got = records("".join(streamed))
     assert [r["id"] for r in got] == ["t2s", "stdin_2"]
     assert got[1]["task"] == "chat" and got[1]["prompt"]["units"] == [7, 8, 9, 7, 12]
-    again = generate(model_dir, "--seed", "5", "--max-new-tokens", "30",
-                     input="".join(questions))
-    assert again.returncode == 0, again.stderr
-    assert sorted(again.stdout.splitlines()) == sorted(line.strip() for line in streamed)
+    # the same seed in this process, all records in one batch, gives the same answers
+    from sgpt.generate import Generator, Sampling, answer_record, build_prompt
+
+    tok = tokenizer()
+    gen = Generator(fitted_model(), tok, Sampling(seed=5, max_new_tokens=30), batch_size=2)
+    spoken = {"id": "stdin_2", "units": [7, 8, 9, 7, 12], "units_meta": {"dedup": True}}
+    prompts = [build_prompt(r, tok) for r in (FITTED[0][0], spoken)]
+    want = {res.prompt.id: answer_record(res, tok)[0]["raw"] for res in gen.generate(prompts)}
+    assert {r["id"]: r["raw"] for r in got} == want
 
 
 def test_adapter_on_a_plain_directory(tmp_path):
@@ -181,8 +186,17 @@ def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tm
     assert sf.info(str(tmp_path / "talk" / "answer-1.wav")).frames > 0
     # the spoken question, and an instruction about it
     assert sum(line.startswith("answer:") for line in lines[2:]) == 2
-    r = generate(model_dir, "-i", input=f"{speech_dir / 's0.wav'}\n")
-    assert r.returncode == 1 and "--units-kmeans" in r.stderr
+
+
+def test_interactive_audio_needs_the_units_flags(model_dir, speech_dir):
+    from sgpt.cli.generate import Session, Voice
+    from sgpt.errors import SgptError
+    from sgpt.generate import Sampling
+
+    session = Session(str(model_dir), None, None, "cpu", "float32", Sampling(), 1, True)
+    voice = Voice(session, None, None, 11, None, None, None, ".")
+    with pytest.raises(SgptError, match="--units-kmeans"):
+        voice.units(str(speech_dir / "s0.wav"))
 
 
 @pytest.mark.parametrize("k, reason", [(60, "not the tokenizer it was trained with"),
