@@ -18,7 +18,7 @@ enough for a CPU by default (``--hidden 256 --layers 4``); prompts are the refer
 inference prompts around spoken questions (20 to 200 units) and text questions.
 
     .venv/bin/python bench/generate.py [--prompts 8] [--new-tokens 48] [--batch-size 8]
-        [--hidden 256] [--layers 4] [--repeats 3] [--device cpu]
+        [--hidden 256] [--layers 4] [--repeats 3] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -120,7 +120,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (1 is steadier on a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     tok = make_tokenizer()
     prompts = [build_prompt(r, tok) for r in records(args.prompts)]
