@@ -317,13 +317,20 @@ def make_example(record: dict, cfg: HiFiGANConfig) -> Example:
             raise RecordError(rid, f"a multi-speaker vocoder needs 'speaker' (0 to "
                                    f"{cfg.num_speakers - 1}) in each record")
     try:
-        sf.info(record["audio"])
+        info = sf.info(record["audio"])
     except Exception as e:  # missing file, not audio
         reason = str(e).split(":")[-1].strip() or "unreadable"
         raise RecordError(rid, f"{record['audio']}: not audio that libsndfile can read "
                                f"({reason})") from None
-    return Example(rid, record["audio"], np.asarray(frame_codes(record), dtype=np.int64),
-                   speaker)
+    codes = np.asarray(frame_codes(record), dtype=np.int64)
+    # units and audio that do not cover the same time would teach the generator garbage
+    # (HuBERT gives len // hop frames, less a fraction; other encoders round otherwise)
+    audio_frames = info.frames / info.samplerate * cfg.sampling_rate / cfg.hop
+    if abs(audio_frames - len(codes)) > 2 + 0.01 * len(codes):
+        unit_s, audio_s = len(codes) * cfg.hop / cfg.sampling_rate, info.frames / info.samplerate
+        raise RecordError(rid, f"{len(codes)} frames of units ({unit_s:.2f} s) for "
+                               f"{record['audio']} of {audio_s:.2f} s: not its units?")
+    return Example(rid, record["audio"], codes, speaker)
 
 
 class SegmentSampler:

@@ -68,7 +68,9 @@ def data(speech_dir, tmp_path_factory):
                         "durations": durations, "units_meta": {"k": K, "dedup": True}})
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     bad = [{"id": "missing", "audio": str(d / "nope.wav"), "units": [1], "durations": [2]},
-           {"id": "nodur", "audio": str(paths[0]), "units": [1, 2, 3]}]
+           {"id": "nodur", "audio": str(paths[0]), "units": [1, 2, 3]},
+           {**records[1], "id": "other", "audio": str(paths[0]), "durations": [
+               d + 40 for d in records[1]["durations"]]}]
     (d / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
     cfg = small_config(num_embeddings=K, discriminator_channel_divisor=8)
     (d / "config.json").write_text(json.dumps(cfg))
@@ -107,6 +109,7 @@ def test_train_resume_and_load_in_fairseq(data, tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "sgpt-vocode: error: missing: " in r.stderr
     assert "sgpt-vocode: error: nodur: deduplicated units without 'durations'" in r.stderr
+    assert "sgpt-vocode: error: other: " in r.stderr and "not its units?" in r.stderr
     r = train(d, resumed, 2, d / "train.jsonl")
     assert r.returncode == 0, r.stderr
     assert "resuming from step 1" in r.stderr
