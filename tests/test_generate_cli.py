@@ -83,6 +83,9 @@ def test_no_model_says_what_to_pass():
     assert r.returncode == 2
     assert "no model given" in r.stderr and "--model DIR" in r.stderr
     assert "Traceback" not in r.stderr
+    r = run_tool("sgpt-generate", "--model", "no/such/dir", input=jsonl([{"id": "a"}]))
+    assert r.returncode == 1
+    assert r.stderr == "sgpt-generate: error: no/such/dir: no such model directory or file\n"
 
 
 def test_output_file_resumes_and_long_prompts_fail_unless_truncated(model_dir, tmp_path):

@@ -34,6 +34,8 @@ class Session:
 
     def __init__(self, model: str, adapter: str | None, tokenizer: str | None, device: str,
                  dtype: str, sampling, batch_size: int, prefix_cache: bool):
+        if not os.path.exists(model):
+            raise SgptError(f"{model}: no such model directory or file")
         from sgpt.device import resolve_device, resolve_dtype
         from sgpt.generate import Generator
         from sgpt.llm import load_model_dir, quiet_transformers, vocab_rows
