@@ -133,6 +133,9 @@ def speech_options(fn):
                    "reusing its key/value cache (for comparison).")
 @click.option("-o", "--output", default="-", show_default=True,
               help="Output file (written atomically; a re-run resumes) or - for stdout.")
+@click.option("--keep-order", is_flag=True,
+              help="Write answers in input order (an answer waits for those before it) "
+                   "instead of as each is done.")
 @click.option("-i", "--interactive", is_flag=True,
               help="Talk: type text or the path of an audio file; the transcript and text "
                    "answer are printed, the spoken answer goes to a wav file.")
@@ -143,9 +146,9 @@ def speech_options(fn):
 @run_tool(TOOL)
 def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greedy, temperature,
         top_p, top_k, max_new_tokens, min_new_tokens, seed, batch_size, truncate,
-        no_prefix_cache, output, interactive, units_encoder, units_checkpoint, units_layer,
-        units_kmeans, vocoder, vocoder_config, wav_dir, device, dtype, progress, strict,
-        inputs):
+        no_prefix_cache, output, keep_order, interactive, units_encoder, units_checkpoint,
+        units_layer, units_kmeans, vocoder, vocoder_config, wav_dir, device, dtype, progress,
+        strict, inputs):
     """Answer prompt records with a SpeechGPT model.
 
     RECORDS are JSON Lines with 'text' (a text question), 'units' (a spoken one) or both
@@ -198,11 +201,12 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
     session = Session(model, adapter, tokenizer, device, dtype, sampling, batch_size,
                       not no_prefix_cache)
     return answer_records(session, sources, output, reporter, progress, task, truncate,
-                          instructions)
+                          instructions, keep_order)
 
 
 def answer_records(session: Session, sources, output: str, reporter: Reporter,
-                   progress: bool | None, task: str, truncate: bool, instructions: dict) -> int:
+                   progress: bool | None, task: str, truncate: bool, instructions: dict,
+                   keep_order: bool = False) -> int:
     from sgpt.generate import answer_record, build_prompt
     from sgpt.records import RecordWriter, read_records
 
@@ -226,18 +230,31 @@ def answer_records(session: Session, sources, output: str, reporter: Reporter,
                 continue
             seen.add(rid)
             try:
-                yield build_prompt(record, session.tokenizer, generator.max_length, truncate,
-                                   task, instructions, room=1)
+                prompt = build_prompt(record, session.tokenizer, generator.max_length,
+                                      truncate, task, instructions, room=1)
             except RecordError as e:
                 reporter.error(e.where, e.reason)
+                continue
+            position[rid] = len(position)
+            yield prompt
 
+    position: dict[str, int] = {}  # input order of the prompts, for --keep-order
+    waiting: dict[int, dict] = {}
+    written = 0
     with progress_bar(progress, None, "answering") as advance:
         for result in generator.generate(prompts()):
             record, answer = answer_record(result, session.tokenizer)
             for note in answer.notes:
                 reporter.warn(f"{record['id']}: {note}")
-            writer.write(record)
-            advance()
+            if not keep_order:
+                writer.write(record)
+                advance()
+                continue
+            waiting[position[record["id"]]] = record
+            while written in waiting:
+                writer.write(waiting.pop(written))
+                written += 1
+                advance()
     writer.close()
     if skipped:
         reporter.info(f"resumed: {skipped} records already answered in {output}")
