@@ -230,14 +230,25 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(data, tmp_path
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, strategy):
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", str(29500 + os.getpid() % 1000 + (strategy == "fsdp")),
-         tool("sgpt-train"), *cli_args(data, tmp_path / "two", "--max-steps", 6,
-                                       "--device", "cpu", "--strategy", strategy,
-                                       "--save-every", 3, "--eval-fraction", 0.2)],
-        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    def torchrun(port: int):
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+             "--master-port", str(port), tool("sgpt-train"),
+             *cli_args(data, tmp_path / "two", "--max-steps", 6, "--device", "cpu",
+                       "--strategy", strategy, "--save-every", 3, "--eval-fraction", 0.2,
+                       "--keep-checkpoint")],
+            env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+
+    port = 29500 + os.getpid() % 1000 + 2 * (strategy == "fsdp")
+    two = torchrun(port)
     assert two.returncode == 0, two.stderr[-3000:]
+    if strategy == "fsdp":  # sharded state gathered into the checkpoint, and scattered back
+        finished = final_weights(tmp_path / "two")
+        (tmp_path / "two" / MODEL_META).unlink()
+        again = torchrun(port + 1)
+        assert again.returncode == 0 and "at step 3 of 6" in again.stderr, again.stderr[-3000:]
+        for name, t in final_weights(tmp_path / "two").items():
+            torch.testing.assert_close(t, finished[name], rtol=1e-6, atol=1e-7, msg=name)
     one = invoke(cli_args(data, tmp_path / "one", "--max-steps", 6, "--grad-accum", 2,
                           "--eval-fraction", 0.2))
     assert one.exit_code == 0, one.output
