@@ -4,12 +4,14 @@ records, resuming, adapters, and the interactive mode with real espeak-ng speech
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import run_tool, tool
 from fakes.hifigan import fabricate_vocoder, small_config
 from fakes.tokenizers import extended
@@ -42,8 +44,19 @@ def vocoder(tmp_path_factory):
                              small_config(num_embeddings=K), seed=7)
 
 
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: a second thread only adds contention
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def generate(model_dir, *args, **kw):
-    return run_tool("sgpt-generate", "--model", model_dir, *args, **kw)
+    return run_tool("sgpt-generate", "--model", model_dir, *args, env=ONE_THREAD, **kw)
 
 
 def test_answers_pipe_into_sgpt_vocode_and_bad_records_are_named(model_dir, vocoder, tmp_path):
@@ -71,7 +84,8 @@ def test_answers_pipe_into_sgpt_vocode_and_bad_records_are_named(model_dir, voco
     assert out["cont"]["units"] == [43, 44, 45]
     assert out["s2s"]["prompt"] == {"units": [7, 8, 9, 7, 12]}
     speech = jsonl(rec for rec in out.values() if "units" in rec)
-    v = run_tool("sgpt-vocode", "--vocoder", vocoder, "-o", tmp_path / "wav", input=speech)
+    v = run_tool("sgpt-vocode", "--vocoder", vocoder, "-o", tmp_path / "wav", input=speech,
+                 env=ONE_THREAD)
     assert v.returncode == 0, v.stderr
     for rid in ("t2s", "s2s", "tts", "cont"):
         info = sf.info(str(tmp_path / "wav" / f"{rid}.wav"))
@@ -113,7 +127,8 @@ def test_answers_stream_from_a_pipe_and_seeds_repeat(model_dir):
     args = [tool("sgpt-generate"), "--model", str(model_dir), "--seed", "5",
             "--max-new-tokens", "30", "--batch-size", "8"]
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1)
+                            stderr=subprocess.PIPE, text=True, bufsize=1,
+                            env={**os.environ, **ONE_THREAD})
     streamed = []
     try:
         for question in questions:
@@ -167,7 +182,7 @@ def test_adapter_on_a_plain_directory(tmp_path):
     assert want["base"] != want["merged"]
     flags = ("--greedy", "--max-new-tokens", "8", "--min-new-tokens", "8")
     r = run_tool("sgpt-generate", "--model", plain, "--adapter", tmp_path / "com", *flags,
-                 input=jsonl([record]))
+                 input=jsonl([record]), env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
     assert records(r.stdout)[0]["raw"] == want["merged"]
 
