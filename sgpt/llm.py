@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -235,7 +236,8 @@ def _apply_adapter(model, adapter: str, merge: bool):
         raise CheckpointError(f"{adapter}: loading an adapter needs peft (pip install peft)"
                               ) from None
     try:
-        with quiet_transformers():
+        with quiet_transformers(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # peft calls deprecated names
             model = PeftModel.from_pretrained(model, adapter, is_trainable=not merge)
     except Exception as e:
         raise CheckpointError(f"cannot apply the adapter {adapter}: {_first_line(e)}") from None
@@ -325,12 +327,22 @@ def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: 
                  if meta["adapter"] else {"adapter_model.safetensors", ADAPTER_CONFIG})
         for name in stale:
             (out / name).unlink(missing_ok=True)
+        mode = _file_mode()
         for f in sorted(tmp.iterdir()):
+            os.chmod(f, mode)  # temporary files are private; a model is shared like others
             os.replace(f, out / f.name)
         write_atomic(out / MODEL_META, lambda f: f.write(
             (json.dumps(meta, indent=2) + "\n").encode()))
+        os.chmod(out / MODEL_META, mode)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _file_mode() -> int:
+    """What a new file's permissions are under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_model_files(tmp: Path, model, meta: dict, tokenizer_dir: str,

@@ -7,16 +7,17 @@ token-weighted loss of this process's micro-batches, clip, step, log; evaluate t
 split now and then; checkpoint; at the end write the sgpt model directory.
 
 Distributed: started by ``torchrun`` (``WORLD_SIZE`` > 1), each process joins the
-``torch.distributed`` group (gloo on CPU, NCCL on CUDA) and the model is wrapped in DDP. The
-loss of a step is the sum over its trained tokens divided by the global batch's trained
-token count (known to every process without communication), so the update is the same on
-any number of processes for the same global batch.
+``torch.distributed`` group (gloo on CPU, NCCL on CUDA) and the model is wrapped in DDP, or
+sharded by decoder layer with FSDP's ``fully_shard`` (``strategy: fsdp``). The loss of a
+step is the sum over its trained tokens divided by the global batch's trained token count
+(known to every process without communication), so the update is the same on any number of
+processes for the same global batch.
 
-Checkpoints (``OUT/checkpoint/``): the trainable weights and AdamW's moments as
-safetensors, the step and settings as JSON; no pickle. The data order is a function of the
-seed and the step, dropout is seeded per step and process, so a run killed at any point and
-started again with the same command continues where its last checkpoint left it and ends
-with the weights an uninterrupted run gets.
+Checkpoints (``OUT/checkpoint/``): the trainable weights and AdamW's moments as safetensors
+(whole tensors, gathered from FSDP shards), the step as JSON; no pickle. The data order is a
+function of the seed and the step, dropout is seeded per step and process, so a run killed
+at any point and started again with the same command continues where its last checkpoint
+left it and ends with the weights an uninterrupted run gets.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +41,7 @@ from sgpt.errors import CheckpointError, SgptError
 from sgpt.llm import (
     MODEL_META,
     STAGES,
+    embeddings_tied,
     is_gguf,
     load_causal_lm,
     model_meta,
@@ -283,8 +286,6 @@ def build_model(config: TrainConfig, tok, new_ids: list[int], device: torch.devi
 
         trainable = None
         if config.train_new_tokens and new_ids:
-            from sgpt.llm import embeddings_tied
-
             if model.get_output_embeddings() is not None and not embeddings_tied(model):
                 trainable = {_embedding_name(model): new_ids,
                              _head_name(model): new_ids}
@@ -296,7 +297,9 @@ def build_model(config: TrainConfig, tok, new_ids: list[int], device: torch.devi
                           target_modules=list(config.lora_target), task_type="CAUSAL_LM",
                           trainable_token_indices=trainable)
         try:
-            model = get_peft_model(model, lora)
+            with warnings.catch_warnings():  # peft calls transformers' deprecated names
+                warnings.simplefilter("ignore", FutureWarning)
+                model = get_peft_model(model, lora)
         except ValueError as e:
             raise TrainError(f"LoRA on {config.model}: {e}") from None
     return model.to(device), new_ids

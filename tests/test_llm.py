@@ -4,6 +4,7 @@ directories (full and adapter), published layouts (plain directory + separate ad
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -110,6 +111,10 @@ def test_full_model_dir_round_trip(tmp_path):
     assert {"config.json", "model.safetensors", MODEL_META, "train_config.yaml",
             "sgpt_tokenizer.json", "tokenizer_config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (MODEL_META, "model.safetensors", "tokenizer_config.json"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def _lora(model, new_rows, seed=0):
