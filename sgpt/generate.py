@@ -500,6 +500,8 @@ class Generator:
 
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         s = self.sampling
+        if logits.shape[-1] > len(self.tokenizer):  # rows a padded embedding adds: no tokens
+            logits[:, len(self.tokenizer):] = float("-inf")
         if self.eos_id is not None and s.min_new_tokens > 0:
             early = torch.tensor([len(row.new_ids) < s.min_new_tokens for row in rows],
                                  device=logits.device)

@@ -382,3 +382,14 @@ def test_an_error_reading_prompts_comes_after_the_running_answers():
         for res in gen.generate(prompts()):
             got.append(res.prompt.id)
     assert got == ["first"]
+
+
+def test_padded_vocabulary_rows_are_never_chosen():
+    tok = tokenizer()
+    model = tiny_llama(len(tok) + 8, seed=3)  # embeddings padded past the tokenizer
+    with torch.no_grad():
+        model.lm_head.weight[len(tok):] = model.lm_head.weight[:8] * 100
+    for sampling in (greedy(max_new_tokens=6), Sampling(max_new_tokens=6)):
+        gen = Generator(model, tok, sampling)
+        (res,) = gen.generate([build_prompt({"id": "p", "text": "Hello there."}, tok)])
+        assert len(res.new_ids) == 6 and max(res.new_ids) < len(tok)
