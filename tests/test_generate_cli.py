@@ -227,3 +227,21 @@ def test_a_tokenizer_that_does_not_match_the_model_is_refused(model_dir, k, reas
     other = str(extended("llama", "reference", k))
     with pytest.raises(SgptError, match=reason):
         Session(str(model_dir), None, other, "cpu", "float32", Sampling(), 1, True)
+
+
+def test_shards_split_the_records(model_dir, tmp_path, capsys):
+    from sgpt.cli.common import Reporter
+    from sgpt.cli.generate import Session, answer_records
+    from sgpt.generate import Sampling
+
+    source = tmp_path / "q.jsonl"
+    source.write_text(jsonl(r for r, _ in FITTED))
+    session = Session(str(model_dir), None, None, "cpu", "float32",
+                      Sampling(greedy=True, max_new_tokens=40), 4, True)
+    ids = []
+    for shard in ((0, 2), (1, 2)):
+        code = answer_records(session, [str(source)], "-", Reporter("sgpt-generate"), False,
+                              "chat", False, {}, keep_order=True, shard=shard)
+        assert code == 0
+        ids.append([json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()])
+    assert ids == [["t2s", "s2s"], ["asr", "tts", "cont"]]

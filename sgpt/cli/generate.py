@@ -9,7 +9,16 @@ from pathlib import Path
 import click
 
 from sgpt import __version__
-from sgpt.cli.common import Reporter, device_options, progress_bar, run_options, run_tool
+from sgpt.cli.common import (
+    Reporter,
+    device_options,
+    parse_shard,
+    progress_bar,
+    run_options,
+    run_tool,
+    shard_items,
+    shard_option,
+)
 from sgpt.errors import RecordError, SgptError
 
 TOOL = "sgpt-generate"
@@ -140,6 +149,7 @@ def speech_options(fn):
               help="Talk: type text or the path of an audio file; the transcript and text "
                    "answer are printed, the spoken answer goes to a wav file.")
 @speech_options
+@shard_option
 @device_options
 @run_options
 @click.argument("inputs", nargs=-1, metavar="[RECORDS|-]...")
@@ -147,8 +157,8 @@ def speech_options(fn):
 def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greedy, temperature,
         top_p, top_k, max_new_tokens, min_new_tokens, seed, batch_size, truncate,
         no_prefix_cache, output, keep_order, interactive, units_encoder, units_checkpoint,
-        units_layer, units_kmeans, vocoder, vocoder_config, wav_dir, device, dtype, progress,
-        strict, inputs):
+        units_layer, units_kmeans, vocoder, vocoder_config, wav_dir, shard, device, dtype,
+        progress, strict, inputs):
     """Answer prompt records with a SpeechGPT model.
 
     RECORDS are JSON Lines with 'text' (a text question), 'units' (a spoken one) or both
@@ -198,15 +208,17 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
                           not no_prefix_cache)
         return talk(session, speech, reporter, truncate, instructions)
     sources = _inputs(inputs)
+    shard_index = parse_shard(shard)
     session = Session(model, adapter, tokenizer, device, dtype, sampling, batch_size,
                       not no_prefix_cache)
     return answer_records(session, sources, output, reporter, progress, task, truncate,
-                          instructions, keep_order)
+                          instructions, keep_order, shard_index)
 
 
 def answer_records(session: Session, sources, output: str, reporter: Reporter,
                    progress: bool | None, task: str, truncate: bool, instructions: dict,
-                   keep_order: bool = False) -> int:
+                   keep_order: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
+    """Answer every record of ``sources`` (of its ``shard``: then read whole first)."""
     from sgpt.generate import answer_record, build_prompt
     from sgpt.records import RecordWriter, read_records
 
@@ -217,7 +229,10 @@ def answer_records(session: Session, sources, output: str, reporter: Reporter,
 
     def prompts():
         nonlocal skipped
-        for record in read_records(sources):
+        records = read_records(sources)
+        if shard != (0, 1):
+            records = shard_items(list(records), shard)
+        for record in records:
             if isinstance(record, RecordError):
                 reporter.error(record.where, record.reason)
                 continue
