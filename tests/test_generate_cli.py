@@ -245,3 +245,22 @@ def test_shards_split_the_records(model_dir, tmp_path, capsys):
         assert code == 0
         ids.append([json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()])
     assert ids == [["t2s", "s2s"], ["asr", "tts", "cont"]]
+
+
+def test_config_file_settings_and_flags_over_them(model_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from sgpt.cli.generate import cli
+
+    config = tmp_path / "generate.yaml"
+    config.write_text(f"model: {model_dir}\ngreedy: true\nmax-new-tokens: 7\n")
+    question = jsonl([{"id": "q", "text": "What is the capital of France?"}])
+    runner = CliRunner()
+    r = runner.invoke(cli, ["--config", str(config)], input=question)
+    assert r.exit_code == 0, r.output
+    assert "stopped at the token budget (7 new tokens)" in r.stderr
+    r = runner.invoke(cli, ["--config", str(config), "--max-new-tokens", "5"], input=question)
+    assert r.exit_code == 0 and "(5 new tokens)" in r.stderr
+    config.write_text("max_new_tokens: 7\ntemprature: 0.1\n")
+    r = runner.invoke(cli, ["--config", str(config)], input=question)
+    assert r.exit_code == 2 and "unknown setting 'temprature'" in r.stderr

@@ -72,6 +72,30 @@ class Session:
                                    prefix_cache)
 
 
+def _read_config(ctx: click.Context, param, value: str | None):
+    """--config FILE.yaml: its settings become the defaults, so flags override them."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise click.BadParameter(f"{value}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value}: not a mapping of settings")
+    names = {p.name for p in ctx.command.params if isinstance(p, click.Option)}
+    settings = {}
+    for key, setting in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names or name in ("config_file", "help", "version"):
+            raise click.BadParameter(f"{value}: unknown setting {key!r} (the settings are "
+                                     "the long options, e.g. max-new-tokens: 512)")
+        settings[name] = setting
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return value
+
+
 def sampling_options(fn):
     fn = click.option("--seed", type=int, default=0, show_default=True,
                       help="Seed of the sampling; a record's answer depends only on the seed "
@@ -114,6 +138,9 @@ def speech_options(fn):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=TOOL)
+@click.option("--config", "config_file", metavar="FILE.yaml", is_eager=True, expose_value=False,
+              callback=_read_config,
+              help="Settings (the long options, e.g. 'max-new-tokens: 512'); flags override.")
 @click.option("-m", "--model", metavar="DIR",
               help="Model: an sgpt-train directory, or a transformers directory whose "
                    "tokenizer is extended (SpeechGPT-7B-cm), or a .gguf file (with "
