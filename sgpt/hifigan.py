@@ -257,9 +257,13 @@ class HiFiGANConfig:
 class _WeightNorm:
     """``weight = weight_g * weight_v / ||weight_v||`` (norm over all dims but the first), the
     parametrisation of ``torch.nn.utils.weight_norm`` and the ``weight_g``/``weight_v`` keys
-    of its state dict. ``fold()`` computes the weight once, for inference."""
+    of its state dict. ``fold()`` computes the weight once, for inference. ``init_std``: the
+    normal init of speech-resynthesis's ``init_weights``, applied before the split."""
 
-    def _weight_norm(self) -> None:
+    def __init__(self, *args, init_std: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if init_std is not None:
+            nn.init.normal_(self.weight, 0.0, init_std)
         w = self.weight.detach()
         del self.weight
         dims = tuple(range(1, w.dim()))
@@ -282,37 +286,17 @@ class _WeightNorm:
         self.folded = None
 
 
-def _init(conv: nn.Module, std: float | None) -> None:
-    if std is not None:  # speech-resynthesis's init_weights
-        nn.init.normal_(conv.weight, 0.0, std)
-
-
 class WNConv1d(_WeightNorm, nn.Conv1d):
-    def __init__(self, *args, init_std: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        _init(self, init_std)
-        self._weight_norm()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.normed_weight(), self.bias)
 
 
 class WNConv2d(_WeightNorm, nn.Conv2d):
-    def __init__(self, *args, init_std: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        _init(self, init_std)
-        self._weight_norm()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.normed_weight(), self.bias)
 
 
 class WNConvTranspose1d(_WeightNorm, nn.ConvTranspose1d):
-    def __init__(self, *args, init_std: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        _init(self, init_std)
-        self._weight_norm()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose1d(x, self.normed_weight(), self.bias, self.stride, self.padding,
                                   self.output_padding, self.groups, self.dilation)
