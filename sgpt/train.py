@@ -77,6 +77,10 @@ class TrainError(SgptError):
     """A run that cannot start or go on as asked."""
 
 
+class SettingsError(TrainError):
+    """Settings that cannot make a run (a missing or invalid option): a usage error."""
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a run; YAML keys and flags have these names (``-`` or ``_``)."""
@@ -119,28 +123,28 @@ class TrainConfig:
 
     def check(self) -> None:
         if self.stage not in STAGES:
-            raise TrainError(f"--stage must be one of {', '.join(STAGES)} (got "
+            raise SettingsError(f"--stage must be one of {', '.join(STAGES)} (got "
                              f"{self.stage or 'none'})")
         for name in ("model", "output"):
             if not getattr(self, name):
-                raise TrainError(f"no --{name} given")
+                raise SettingsError(f"no --{name} given")
         if not self.data:
-            raise TrainError("no --data given")
+            raise SettingsError("no --data given")
         if self.method not in METHODS:
-            raise TrainError(f"--method must be full or lora (got {self.method})")
+            raise SettingsError(f"--method must be full or lora (got {self.method})")
         positive = ("batch_size", "grad_accum", "eval_every", "save_every", "log_every",
                     "lora_r")
         for name in positive:
             if getattr(self, name) < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be at least 1")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1")
         if not self.lr > 0 or not 0 <= self.warmup_ratio < 1 or not 0 <= self.eval_fraction < 1:
-            raise TrainError("need lr > 0, 0 <= warmup-ratio < 1, 0 <= eval-fraction < 1")
+            raise SettingsError("need lr > 0, 0 <= warmup-ratio < 1, 0 <= eval-fraction < 1")
         if self.max_steps is not None and self.max_steps < 1:
-            raise TrainError("--max-steps must be at least 1")
+            raise SettingsError("--max-steps must be at least 1")
         if self.strategy not in STRATEGIES:
-            raise TrainError(f"--strategy must be ddp or fsdp (got {self.strategy})")
+            raise SettingsError(f"--strategy must be ddp or fsdp (got {self.strategy})")
         if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise TrainError(f"--dtype {self.dtype}: training autocasts to bfloat16 or runs "
+            raise SettingsError(f"--dtype {self.dtype}: training autocasts to bfloat16 or runs "
                              "in float32 (float16 needs loss scaling: use bfloat16)")
 
     def identity(self) -> dict:
@@ -159,7 +163,7 @@ def make_config(file_values: dict, overrides: dict) -> TrainConfig:
         for key, value in source.items():
             key = key.replace("-", "_")
             if key not in config_keys():
-                raise TrainError(f"unknown setting {key!r}")
+                raise SettingsError(f"unknown setting {key!r}")
             values[key] = value
     for key in ("data", "eval_data", "lora_target"):
         if isinstance(values.get(key), str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +42,11 @@ class Sequences:
             raise DataError("no --data given")
         self.sets = []
         for p in paths:
+            if not Path(p).exists():
+                raise DataError(f"{p}: no such directory of packed shards")
+            if not Path(p).is_dir():
+                raise DataError(f"{p}: a file, not a directory of packed shards (make one "
+                                "with sgpt-tokenize pack)")
             try:
                 self.sets.append(PackedDataset(p))
             except PackError as e:

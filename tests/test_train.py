@@ -317,6 +317,11 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
         # not packed data at all
         (cli_args(data, existing)[:4] + ["--data", str(tmp_path)] + cli_args(data, existing)[6:],
          ("no finished part",)),
+        # a mistyped --data path, or the JSONL file instead of its packed shards
+        (cli_args(data, existing)[:4] + ["--data", str(tmp_path / "nope")]
+         + cli_args(data, existing)[6:], ("nope: no such directory of packed shards",)),
+        (cli_args(data, existing)[:4] + ["--data", str(existing / "keep.txt")]
+         + cli_args(data, existing)[6:], ("a file, not a directory", "sgpt-tokenize pack")),
     ]
     for args, words in cases:
         one_error_line(invoke(args), *words)
@@ -328,6 +333,20 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
                    "another tokenizer")
     assert not (tmp_path / "new").exists()
     assert invoke(["--stage", "nope"]).exit_code == 2
+    # missing or invalid settings are usage errors (exit 2, click's format), as in every tool
+    bad_yaml = tmp_path / "typo.yaml"
+    bad_yaml.write_text("lerning_rate: 1\n")
+    for args, words in [
+            (cli_args(data, existing)[2:], "--stage must be one of"),
+            (cli_args(data, existing)[:6], "no --output given"),
+            (cli_args(data, existing, "--batch-size", 0), "--batch-size must be at least 1"),
+            (cli_args(data, existing, "--config", tmp_path / "nope.yaml"),
+             "Invalid value for '--config'"),
+            (cli_args(data, existing, "--config", bad_yaml),
+             f"{bad_yaml}: unknown setting 'lerning_rate'")]:
+        result = invoke(args)
+        assert result.exit_code == 2 and words in result.output, (args, result.output)
+        assert "Traceback" not in result.output
     # the installed command says the same in one line
     r = run_tool("sgpt-train", *cli_args(data, existing, stage="pretrain", key="2"), env=ENV)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr

@@ -109,7 +109,7 @@ def cli(ctx, config_file, **flags):
       torchrun --nproc-per-node 8 $(which sgpt-train) --config examples/configs/cross-modal.yaml \\
           --model s1 --data packed-s2 -o s2
     """
-    from sgpt.train import Run, TrainError, load_yaml, make_config
+    from sgpt.train import Run, SettingsError, TrainError, load_yaml, make_config
 
     reporter = Reporter(TOOL)
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
@@ -118,11 +118,20 @@ def cli(ctx, config_file, **flags):
             given[key] = list(given[key])
     if "keep_checkpoint" in given and not given["keep_checkpoint"]:
         del given["keep_checkpoint"]
-    file_values = load_yaml(config_file) if config_file else {}
+    try:
+        file_values = load_yaml(config_file) if config_file else {}
+    except TrainError as e:  # a missing or unreadable --config is a usage error (exit 2)
+        raise click.BadParameter(str(e), param_hint="'--config'") from None
     try:
         config = make_config(file_values, given)
+        config.check()
     except TypeError as e:
-        raise TrainError(f"{config_file}: {e}") from None
+        raise click.UsageError(f"{config_file}: {e}") from None
+    except SettingsError as e:  # a missing or invalid setting: exit 2, like click's own
+        message = str(e)
+        if config_file and message.startswith("unknown setting"):
+            message = f"{config_file}: {message}"
+        raise click.UsageError(message) from None
     run = Run(config, log=reporter.info, warn=reporter.warn)
     main_process = getattr(run, "dist", None) is None or run.dist.main
     enabled = config.progress if main_process else False
