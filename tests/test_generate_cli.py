@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from conftest import run_tool, tool
 from fakes.hifigan import fabricate_vocoder, small_config
-from fakes.tokenizers import extended
+from fakes.tokenizers import extended, llama_base
 from test_generate import FITTED, K, fitted_model, tiny_llama, tokenizer
 
 
@@ -227,6 +227,32 @@ def test_a_tokenizer_that_does_not_match_the_model_is_refused(model_dir, k, reas
     other = str(extended("llama", "reference", k))
     with pytest.raises(SgptError, match=reason):
         Session(str(model_dir), None, other, "cpu", "float32", Sampling(), 1, True)
+
+
+def test_a_model_directory_without_a_usable_tokenizer_says_what_to_pass(model_dir, tmp_path):
+    """A plain transformers save (no tokenizer), a mistyped --tokenizer, a tokenizer that was
+    never extended: one line naming the directory, not transformers' hub message."""
+    from sgpt.cli.generate import Session
+    from sgpt.errors import SgptError
+    from sgpt.generate import Sampling
+
+    bare = tmp_path / "bare"
+    tiny_llama(len(tokenizer())).save_pretrained(str(bare), safe_serialization=True)
+    plain = llama_base()  # a LLaMA-style tokenizer, not extended
+
+    def refused(model, tok=None):
+        with pytest.raises(SgptError) as e:
+            Session(str(model), None, tok, "cpu", "float32", Sampling(), 1, True)
+        return str(e.value)
+
+    message = refused(bare)
+    assert message.startswith(f"{bare}: no tokenizer in the model directory")
+    assert "--tokenizer DIR" in message
+    assert refused(model_dir, str(tmp_path / "nope")) == f"{tmp_path / 'nope'}: no such " \
+        "tokenizer directory"
+    assert "huggingface" not in refused(model_dir, str(tmp_path / "nope"))
+    message = refused(model_dir, str(plain))
+    assert message.startswith(f"{plain}: ") and "sgpt-tokenize extend" in message
 
 
 def test_shards_split_the_records(model_dir, tmp_path, capsys):

@@ -48,14 +48,25 @@ class Session:
         from sgpt.device import resolve_device, resolve_dtype
         from sgpt.generate import Generator
         from sgpt.llm import load_model_dir, quiet_transformers, vocab_rows
-        from sgpt.tokenizer import SpeechTokenizer
+        from sgpt.tokenizer import TOKENIZER_FILES, SpeechTokenizer
 
         if tokenizer is None and not os.path.isdir(model):
             raise click.UsageError(f"--model {model} is not a directory: pass --tokenizer DIR "
                                    "(the extended tokenizer it was trained with)")
+        if tokenizer is not None and not os.path.isdir(tokenizer):
+            raise SgptError(f"{tokenizer}: no such tokenizer directory")
+        if tokenizer is None and not any(os.path.isfile(os.path.join(model, name))
+                                         for name in TOKENIZER_FILES):
+            raise SgptError(f"{model}: no tokenizer in the model directory: pass --tokenizer "
+                            "DIR (the extended tokenizer of sgpt-tokenize extend it was "
+                            "trained with)")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.tokenizer = SpeechTokenizer.from_dir(tokenizer or model)
+        try:
+            self.tokenizer = SpeechTokenizer.from_dir(tokenizer or model)
+        except SgptError as e:  # name the directory, once
+            where = tokenizer or model
+            raise SgptError(str(e) if where in str(e) else f"{where}: {e}") from None
         with quiet_transformers():
             self.model, self.meta = load_model_dir(model, adapter=adapter, dtype=self.dtype,
                                                    device=self.device)
