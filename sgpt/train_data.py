@@ -91,6 +91,11 @@ def check_tokenizer(seqs: Sequences, tokenizer: str | None) -> str:
     if not path:
         raise DataError(f"{seqs.paths[0]}: the header names no tokenizer directory: give "
                         "--tokenizer")
+    if not Path(path).is_dir():
+        if tokenizer:
+            raise DataError(f"{path}: no such tokenizer directory")
+        raise DataError(f"{seqs.paths[0]}: the tokenizer it was packed with, {path}, is not "
+                        "there (moved?): give --tokenizer DIR, that tokenizer or a copy")
     if fingerprint(path) != seqs.tokenizer.get("fingerprint"):
         raise DataError(f"{seqs.paths[0]}: packed with another tokenizer than {path} (its "
                         "files differ): pack the data again with this tokenizer, or train "

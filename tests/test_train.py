@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,6 +298,12 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
                     tmp_path / "s2-other")
     empty = tmp_path / "empty"
     pack(data["tok"], [], empty, stage="2")
+    moved_tok = tmp_path / "moved-tok"  # data packed with a tokenizer since moved away
+    shutil.copytree(data["tok"], moved_tok)
+    s2_moved = pack(moved_tok, [{"id": "x", "prefix": "P ", "plain_text":
+                                 "[Human]: hi<eoh> [SpeechGPT]: <3><4><eoa> "}] * 4,
+                    tmp_path / "s2-moved")
+    shutil.rmtree(moved_tok)
     k500_model = tmp_path / "k500"
     tiny_llama_dir(k500_model, tokenizer=other_tok)
     cases = [
@@ -317,6 +324,11 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
         # not packed data at all
         (cli_args(data, existing)[:4] + ["--data", str(tmp_path)] + cli_args(data, existing)[6:],
          ("no finished part",)),
+        # a mistyped --tokenizer; data whose tokenizer has moved away
+        (cli_args(data, existing) + ["--tokenizer", str(tmp_path / "nope")],
+         ("nope: no such tokenizer directory",)),
+        (cli_args(data, existing)[:4] + ["--data", str(s2_moved)] + cli_args(data, existing)[6:],
+         ("moved-tok, is not there", "--tokenizer DIR")),
         # a mistyped --data path, or the JSONL file instead of its packed shards
         (cli_args(data, existing)[:4] + ["--data", str(tmp_path / "nope")]
          + cli_args(data, existing)[6:], ("nope: no such directory of packed shards",)),
