@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,7 @@ def test_bad_files_are_named_and_the_good_ones_still_encoded(km, wavs, bad_corpu
     for name, line in zip(bad, errors):
         assert line.startswith(f"sgpt-units: error: {bad_corpus / name}: ")
     assert "Traceback" not in r.stderr
+    assert "empty.wav: empty file (0 bytes)" in errors[0]
     strict = encode(km, "--strict", wavs[0], bad_corpus / "text.wav", wavs[1])
     assert strict.returncode == 1 and len(records(strict.stdout)) == 1
 
@@ -145,6 +147,19 @@ def test_resume_after_a_killed_run(km, wavs, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.jsonl"]
     again = encode(km, "-o", out, *wavs)
     assert "resuming: 3 of 3" in again.stderr and out.read_text().count("\n") == 3
+
+
+def test_output_file_refuses_a_second_input_with_the_same_id(km, wavs, tmp_path):
+    """A resumed -o skips ids it holds: a same-stem file elsewhere would be lost on re-run."""
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "s0.wav"
+    twin.write_bytes(Path(wavs[1]).read_bytes())
+    out = tmp_path / "u.jsonl"
+    r = encode(km, "-o", out, wavs[0], twin, wavs[2])
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"sgpt-units: error: {twin}: id 's0' is already that of ")
+    assert [x["audio"] for x in records(out.read_text())] == [wavs[0], wavs[2]]
+    assert len(encode(km, wavs[0], twin).stdout.splitlines()) == 2  # stdout: both, as given
 
 
 def test_usage_errors_exit_2(km, wavs):

@@ -110,6 +110,24 @@ def gather_items(inputs: tuple[str, ...], manifest: str | None, reporter: Report
     return items
 
 
+def _unique_ids(items: list[Item], reporter: Reporter) -> list[Item]:
+    """Items whose ids are not taken by an earlier one; each later one is an error.
+
+    A resumed ``-o FILE`` skips the ids it holds, so a second file with the same id (the same
+    stem in another directory) would be lost without a word on a re-run.
+    """
+    first: dict[str, str] = {}
+    kept = []
+    for item in items:
+        if item.id in first:
+            reporter.error(item.where, f"id {item.id!r} is already that of {first[item.id]}; "
+                           "-o needs unique ids (give JSON records with an 'id' key)")
+            continue
+        first[item.id] = item.where
+        kept.append(item)
+    return kept
+
+
 def load_item(item: Item):
     if isinstance(item.audio, bytes):
         return load_audio_bytes(item.audio)
@@ -221,6 +239,8 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
         raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units")
     shard_index = parse_shard(shard)
     items = shard_items(gather_items(inputs, manifest, reporter), shard_index)
+    if output != "-":
+        items = _unique_ids(items, reporter)
     from sgpt.device import resolve_device
     from sgpt.speech_encoder import load_speech_encoder
 
