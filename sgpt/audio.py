@@ -35,6 +35,8 @@ def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             raise AudioError("no such file")
         if os.path.isdir(source):
             raise AudioError("is a directory, not an audio file")
+        if os.path.getsize(source) == 0:
+            raise AudioError("empty file (0 bytes), not audio")
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:

@@ -41,7 +41,7 @@ def test_real_speech(speech_dir):
 
 @pytest.mark.parametrize("make, reason", [
     (lambda p: None, "no such file"),
-    (lambda p: p.write_bytes(b""), "not audio that libsndfile can read"),
+    (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
     (lambda p: p.write_bytes(b"this is not audio at all" * 50), "not audio"),
     (lambda p: p.write_bytes(open(__file__, "rb").read()[:10]), "not audio"),
     (lambda p: sf.write(p, np.zeros((0,)), 16000), "empty audio"),
