@@ -245,6 +245,11 @@ def test_a_model_directory_without_a_usable_tokenizer_says_what_to_pass(model_di
             Session(str(model), None, tok, "cpu", "float32", Sampling(), 1, True)
         return str(e.value)
 
+    unfinished = tmp_path / "unfinished"  # what a killed sgpt-train run leaves
+    (unfinished / "checkpoint").mkdir(parents=True)
+    (unfinished / "train_config.yaml").write_text("stage: cross-modal\n")
+    message = refused(unfinished)
+    assert message.startswith(f"{unfinished}: an sgpt-train run that has not finished")
     message = refused(bare)
     assert message.startswith(f"{bare}: no tokenizer in the model directory")
     assert "--tokenizer DIR" in message

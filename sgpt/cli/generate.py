@@ -53,6 +53,11 @@ class Session:
         if tokenizer is None and not os.path.isdir(model):
             raise click.UsageError(f"--model {model} is not a directory: pass --tokenizer DIR "
                                    "(the extended tokenizer it was trained with)")
+        if (os.path.isfile(os.path.join(model, "train_config.yaml"))
+                and not os.path.isfile(os.path.join(model, "sgpt_model.json"))):
+            raise SgptError(f"{model}: an sgpt-train run that has not finished (no "
+                            "sgpt_model.json yet): start the same sgpt-train command again "
+                            "to finish it")
         if tokenizer is not None and not os.path.isdir(tokenizer):
             raise SgptError(f"{tokenizer}: no such tokenizer directory")
         if tokenizer is None and not any(os.path.isfile(os.path.join(model, name))
