@@ -82,6 +82,9 @@ def _tokenizer_class(directory: str):
         return None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
 def load_hf_tokenizer(source: str, legacy: bool | None = None):
     """A transformers tokenizer from a directory, a hub name, or a ``.gguf`` file.
 
@@ -112,8 +115,16 @@ def load_hf_tokenizer(source: str, legacy: bool | None = None):
     except TokenizerError:
         raise
     except Exception as e:  # transformers raises many kinds; one line is what the user needs
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TokenizerError(f"cannot load a tokenizer from {source}: {first}") from None
+        if not os.path.exists(source):
+            raise TokenizerError(f"{source}: no such directory, nor a tokenizer the hub (or "
+                                 "its local cache) has under that name") from None
+        if os.path.isdir(source) and not any(
+                os.path.exists(os.path.join(source, name)) for name in _TOKENIZER_FILES):
+            raise TokenizerError(f"{source}: no tokenizer here (none of "
+                                 f"{', '.join(_TOKENIZER_FILES)})") from None
+        first = str(e).strip().splitlines()[0].rstrip(": ") if str(e).strip() else ""
+        raise TokenizerError(f"cannot load a tokenizer from {source}: "
+                             f"{first or type(e).__name__}") from None
 
 
 def extend_tokenizer(tokenizer, k: int = 1000, dialog: bool = True,

@@ -121,8 +121,16 @@ def test_unextended_tokenizer_is_refused():
 
 
 def test_missing_tokenizer_is_one_line(tmp_path):
-    with pytest.raises(TokenizerError, match="cannot load a tokenizer"):
+    # not transformers' "couldn't connect to huggingface.co" for a mistyped path
+    with pytest.raises(TokenizerError, match="nothing-here: no such directory"):
         load_hf_tokenizer(str(tmp_path / "nothing-here"))
+    (tmp_path / "wavs").mkdir()
+    with pytest.raises(TokenizerError, match=r"wavs: no tokenizer here \(none of tokenizer"):
+        load_hf_tokenizer(str(tmp_path / "wavs"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("{")
+    with pytest.raises(TokenizerError, match="cannot load a tokenizer from .*broken: "):
+        load_hf_tokenizer(str(tmp_path / "broken"))
     with pytest.raises(TokenizerError, match="no such GGUF"):
         load_hf_tokenizer(str(tmp_path / "x.gguf"))
 
