@@ -99,6 +99,8 @@ class Inputs:
                         shutil.copyfileobj(sys.stdin.buffer, f)
                 self.paths.append((self._spool, "stdin"))
             else:
+                if os.path.isdir(source):
+                    raise PackError(f"{source}: is a directory, not a data file")
                 if not os.path.isfile(source):
                     raise PackError(f"{source}: no such file")
                 self.paths.append((source, source))

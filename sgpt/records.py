@@ -123,6 +123,12 @@ def read_records(sources: Iterable[str]) -> Iterator[dict | RecordError]:
         stem = source_stem(source)
         try:
             stream = open_text(source)
+        except FileNotFoundError:
+            yield RecordError(source, "no such file")
+            continue
+        except IsADirectoryError:
+            yield RecordError(source, "is a directory, not a file of records")
+            continue
         except OSError as e:
             yield RecordError(source, e.strerror or str(e))
             continue

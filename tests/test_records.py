@@ -44,10 +44,11 @@ def test_bad_lines_raise_one_clear_reason(line, reason):
 def test_read_records_names_bad_lines_and_keeps_good_ones(tmp_path):
     f = tmp_path / "in.km"
     f.write_text('1 2 3\n\n{"id": "a", "units": [4]}\n{bad\n<sosp><5><eosp>\n')
-    got = list(read_records([str(f), str(tmp_path / "missing.km")]))
+    got = list(read_records([str(f), str(tmp_path / "missing.km"), str(tmp_path)]))
     assert [g["id"] if isinstance(g, dict) else str(g) for g in got] == [
         "in_1", "a", f"{f}:4: malformed JSON (Expecting property name enclosed in double "
-        "quotes at column 2)", "in_5", f"{tmp_path / 'missing.km'}: No such file or directory"]
+        "quotes at column 2)", "in_5", f"{tmp_path / 'missing.km'}: no such file",
+        f"{tmp_path}: is a directory, not a file of records"]
 
 
 def test_format_record():

@@ -136,6 +136,12 @@ def test_bad_quadruplets_and_packing_inputs(tmp_path, tok_dir):
     assert [e.split(": ")[2] for e in lines(r.stderr) if ": error: " in e] == [
         "d_2", "d_3", f"{data}:4"]
     assert "2 sequences" in r.stderr
+    r = run_tool(T, "pack", "--tokenizer", tok_dir, "-o", tmp_path / "p2", tmp_path)
+    assert r.returncode == 1 and r.stderr == (
+        f"sgpt-tokenize: error: {tmp_path}: is a directory, not a data file\n")
+    r = run_tool(T, "pack", "--tokenizer", tmp_path / "tok", "-o", tmp_path / "p2", data)
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"sgpt-tokenize: error: {tmp_path / 'tok'}: no such directory")
 
 
 def test_strict_stops_at_the_first_failure(tmp_path):
