@@ -192,12 +192,16 @@ def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tm
     np.save(km, np.random.default_rng(0).standard_normal((K, 39)).astype(np.float32))
     wav = speech_dir / "s0.wav"
     questions = (f"What is the capital of France?\n{wav}\nsay <5>\n"
-                 f"Transcribe it. This is input: {wav}\n")
+                 f"Transcribe it. This is input: {wav}\n{tmp_path / 'typo.wav'}\n")
     r = generate(model_dir, "-i", "--greedy", "--max-new-tokens", "40", "--units-encoder",
                  "mfcc", "--units-kmeans", km, "--vocoder", vocoder, "--wav-dir",
                  tmp_path / "talk", input=questions)
     assert r.returncode == 1  # the third question holds markup
     assert "error: turn-3: 'text' contains markup '<5>'" in r.stderr
+    # a mistyped audio path is an error, not a text question; warnings name the turn too
+    assert f"error: turn-5: {tmp_path / 'typo.wav'}: no such audio file" in r.stderr
+    warnings = [w for w in r.stderr.splitlines() if ": warning: " in w]
+    assert all(": warning: turn-" in w for w in warnings), r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "answer: Paris is the capital of France."
     assert lines[1] == f"speech: {tmp_path / 'talk' / 'answer-1.wav'}"

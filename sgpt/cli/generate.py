@@ -402,6 +402,8 @@ def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
             elif instruction.strip() and os.path.isfile(path):
                 # the reference CLI's form: an instruction about an audio file
                 record.update(voice.units(path), audio=path, text=instruction.strip())
+            elif _looks_like_audio_path(path):  # a mistyped path is not a text question
+                raise SgptError(f"{record['id']}: {path}: no such audio file")
             else:
                 record["text"] = line
             prompt = build_prompt(record, session.tokenizer, session.generator.max_length,
@@ -409,7 +411,7 @@ def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
             (result,) = session.generator.generate([prompt])
             out, answer = answer_record(result, session.tokenizer)
             for note in answer.notes:
-                reporter.warn(note)
+                reporter.warn(f"{record['id']}: {note}")
             if "transcript" in out:
                 click.echo(f"transcript: {out['transcript']}")
             click.echo(f"answer: {out.get('text', '')}")
@@ -423,6 +425,14 @@ def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
         except SgptError as e:  # a bad question ends nothing: say so and go on
             reporter.failures += 1
             click.echo(f"{TOOL}: error: {e}", err=True)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".sph")
+
+
+def _looks_like_audio_path(word: str) -> bool:
+    """One word naming an audio file: what a user types to ask by voice."""
+    return bool(word) and " " not in word and word.lower().endswith(AUDIO_SUFFIXES)
 
 
 def main():
