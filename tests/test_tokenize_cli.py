@@ -174,6 +174,28 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     assert (tmp_path / "rc.txt").read_text().strip() == "0"
 
 
+def test_a_repeated_id_is_never_dropped_silently(tmp_path):
+    """Two shards' train.km give the same line ids: stdout gets both, -o names the second."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "train.km").write_text("1 2\n3 4\n")
+    (tmp_path / "b" / "train.km").write_text("5 6\n")
+    kms = [tmp_path / "a" / "train.km", tmp_path / "b" / "train.km"]
+    r = run_tool(T, "pretrain", *kms)
+    assert r.returncode == 0 and lines(r.stdout) == [
+        "<sosp><1><2><eosp>", "<sosp><3><4><eosp>", "<sosp><5><6><eosp>"]
+    out = tmp_path / "s1.txt"
+    r = run_tool(T, "pretrain", "-o", out, *kms)
+    assert r.returncode == 1 and lines(r.stderr) == [
+        "sgpt-tokenize: error: train_1: id already used by an earlier record (two inputs with "
+        "one file name give the same line ids); -o needs unique ids to resume: give records "
+        "distinct 'id' keys"]
+    assert lines(out.read_text()) == ["<sosp><1><2><eosp>", "<sosp><3><4><eosp>"]
+    twice = '{"id": "a", "units": [1], "text": "One."}\n{"id": "a", "units": [2], "text": "Two."}\n'
+    r = run_tool(T, "cross-modal", "-", input=twice)
+    assert r.returncode == 0 and len(lines(r.stdout)) == 4
+
+
 def test_output_file_is_atomic_and_a_rerun_resumes(tmp_path):
     corpus = write_corpus(tmp_path / "u.jsonl", [json.dumps(r) for r in unit_records(4)])
     out = tmp_path / "s2.jsonl"

@@ -66,6 +66,8 @@ def _build(inputs, output: str, fmt: str, reporter: Reporter, progress,
            make: Callable[[dict], list[dict]], description: str) -> int:
     """Read records, turn each into output records with ``make``, write them; resumable."""
     writer = RecordWriter(output, fmt)
+    resumed = set(writer.done)  # ids a killed or finished run already wrote
+    written: set[str] = set()
     with progress_bar(progress, None, description) as advance:
         for record in read_records(inputs or ["-"]):
             advance()
@@ -77,9 +79,16 @@ def _build(inputs, output: str, fmt: str, reporter: Reporter, progress,
             except RecordError as e:
                 reporter.error(e.where, e.reason)
                 continue
+            made = [out for out in made if out["id"] not in resumed]
+            if output != "-" and any(out["id"] in written for out in made):
+                # a re-run would take the later record for the earlier one and skip it
+                reporter.error(record["id"], "id already used by an earlier record (two "
+                               "inputs with one file name give the same line ids); -o needs "
+                               "unique ids to resume: give records distinct 'id' keys")
+                continue
             for out in made:
-                if out["id"] not in writer.done:
-                    writer.write(out)
+                writer.write(out)
+                written.add(out["id"])
     writer.close()
     return reporter.exit_code
 
