@@ -282,8 +282,7 @@ def build_model(config: TrainConfig, tok, new_ids: list[int], device: torch.devi
     if added:
         log(f"embeddings grown from {rows} to {len(tok)} rows (new rows: the mean of the old)")
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-            "use_reentrant": False})
+        set_checkpointing(model, True)
     model.config.use_cache = False
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -435,6 +434,22 @@ def load_checkpoint(path: Path, params: dict, optimizer, device) -> dict:
                 "exp_avg": like(p, moments[f"{name}.exp_avg"]).float(),
                 "exp_avg_sq": like(p, moments[f"{name}.exp_avg_sq"]).float()}
     return state
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off, by the name this transformers has:
+    transformers 5 renamed it and warns on stderr at every call of the old name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False})
+    elif hasattr(model, "gradient_checkpointing_disable"):
+        model.gradient_checkpointing_disable()
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -684,8 +699,8 @@ class Run:
         if lora and config.merge and not sharded:
             model = model.merge_and_unload()
         model.config.use_cache = True
-        if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
-            model.gradient_checkpointing_disable()
+        if config.gradient_checkpointing:
+            set_checkpointing(model, False)
         adapter = lora and not (config.merge and not sharded)
         meta = model_meta(config.stage, self.tok.k, adapter, config.model, len(self.tok),
                           method=config.method, new_token_ids=[self.new_ids[0], self.new_ids[-1]]

@@ -139,6 +139,30 @@ def test_three_stages_loss_falls_and_the_adapter_loads_on_stage_2(data, tmp_path
     assert not torch.allclose(logits(stage2, ids), logits(stage3, ids), atol=1e-4)
 
 
+def test_gradient_checkpointing_same_weights_and_quiet(data, tmp_path):
+    """The example configs turn it on: same weights as without, and no transformers
+    deprecation warning per run on the user's stderr."""
+    import warnings
+
+    from sgpt.train import set_checkpointing
+
+    model = load_model_dir(str(data["base"]))[0]
+    name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated name would raise here
+        set_checkpointing(model, True)
+        assert getattr(model, name)
+        set_checkpointing(model, False)
+        assert not getattr(model, name)
+        common = dict(stage="cross-modal", model=str(data["base"]), data=[str(data["2"])],
+                      batch_size=2, max_steps=2, lr=3e-3, eval_fraction=0.0)
+        train(output=str(tmp_path / "on"), gradient_checkpointing=True, **common)
+    train(output=str(tmp_path / "off"), **common)
+    on, off = final_weights(tmp_path / "on"), final_weights(tmp_path / "off")
+    assert all(torch.allclose(on[n], off[n], atol=1e-5) for n in off)
+
+
 def test_lora_on_a_new_vocabulary_trains_the_new_rows_and_merges(data, tmp_path):
     common = dict(stage="chain-of-modality", model=str(data["base"]), data=[str(data["3x"])],
                   batch_size=2, max_steps=4, lr=1e-2, eval_fraction=0.0, lora_dropout=0.0,
