@@ -169,6 +169,11 @@ def test_usage_errors_exit_2(km, wavs):
     assert r.returncode == 2 and "--kmeans" in r.stderr
     r = encode(km, "--shard", "3/2", wavs[0])
     assert r.returncode == 2 and "--shard" in r.stderr
+    # a misspelt device or dtype is a usage error, like any other bad option value
+    r = encode(km, "--device", "gpu", wavs[0])
+    assert r.returncode == 2 and "'--device': 'gpu': use auto, cpu, cuda or cuda:N" in r.stderr
+    r = encode(km, "--dtype", "fp8", wavs[0])
+    assert r.returncode == 2 and "'--dtype': 'fp8'" in r.stderr
 
 
 def test_wrong_kmeans_dim_is_one_clear_line(tmp_path, wavs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -169,10 +170,25 @@ def progress_bar(enabled: bool | None, total: int | None, description: str):
         yield lambda n=1: bar.advance(task, n)
 
 
+def _check_device(ctx, param, value: str) -> str:
+    """A misspelt --device is a usage error (exit 2); whether CUDA is there is checked later."""
+    if value != "auto" and re.fullmatch(r"cpu|cuda(:\d+)?", value) is None:
+        raise click.BadParameter(f"{value!r}: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _check_dtype(ctx, param, value: str) -> str:
+    if value not in ("auto", "float32", "bfloat16", "float16"):
+        raise click.BadParameter(f"{value!r}: use auto, float32, bfloat16 or float16")
+    return value
+
+
 def device_options(fn: Callable) -> Callable:
     """--device and --dtype."""
-    fn = click.option("--dtype", default="auto", show_default=True, help=DTYPE_HELP)(fn)
-    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(fn)
+    fn = click.option("--dtype", default="auto", show_default=True, help=DTYPE_HELP,
+                      callback=_check_dtype)(fn)
+    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP,
+                        callback=_check_device)(fn)
 
 
 def run_options(fn: Callable) -> Callable:
