@@ -167,7 +167,12 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(path, map_location=map_location, pickle_module=sys.modules[__name__],
                           weights_only=False)
     except Exception as e:  # torch raises many kinds for files that are not checkpoints
-        reason = first_line(e)
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head != b"PK" and head[:1] != b"\x80":  # torch's reason would be a bare '123'
+            reason = "neither the zip archive torch.save writes nor a pickle"
+        else:
+            reason = first_line(e)
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None
 
 

@@ -114,11 +114,14 @@ def test_bad_files(tmp_path):
         "missing.bin": (load_joblib, "no such file"),
         "truncated.pt": (torch_load, "not a readable torch checkpoint"),
         "garbage.pt": (torch_load, "not a readable torch checkpoint"),
-        "text.pt": (torch_load, "not a readable torch checkpoint"),
+        "text.pt": (torch_load, "not a readable torch checkpoint (neither the zip archive "
+                                "torch.save writes nor a pickle)"),  # not torch's bare '104'
+        "data.jsonl": (torch_load, "not a readable torch checkpoint (neither"),
         "missing.pt": (torch_load, "no such file"),
     }
     (tmp_path / "garbage.pt").write_bytes(os.urandom(1000))
     (tmp_path / "text.pt").write_text("hello\n")
+    (tmp_path / "data.jsonl").write_text('{"id": "a"}\n')
     for name, (load, reason) in cases.items():
         with pytest.raises(CheckpointError) as e:
             load(tmp_path / name)
