@@ -176,6 +176,14 @@ def test_usage_errors_exit_2(km, wavs):
     assert r.returncode == 2 and "'--dtype': 'fp8'" in r.stderr
 
 
+def test_missing_manifest_is_one_plain_line(km, tmp_path):
+    r = encode(km, "--manifest", tmp_path / "train.tsv")
+    assert r.returncode == 1
+    assert r.stderr == f"sgpt-units: error: {tmp_path / 'train.tsv'}: no such manifest file\n"
+    r = encode(km, "--manifest", tmp_path)
+    assert r.stderr == f"sgpt-units: error: {tmp_path}: is a directory, not a manifest file\n"
+
+
 def test_wrong_kmeans_dim_is_one_clear_line(tmp_path, wavs):
     np.save(tmp_path / "km.npy", np.zeros((5, 7), dtype=np.float32))
     r = run_tool("sgpt-units", "--encoder", "mfcc", "--kmeans", tmp_path / "km.npy", wavs[0])

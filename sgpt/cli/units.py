@@ -83,8 +83,14 @@ def _manifest_items(manifest: str, reporter: Reporter) -> list[Item]:
     try:
         with open(manifest, encoding="utf-8") as f:
             lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SgptError(f"{manifest}: cannot read manifest ({e})") from None
+    except FileNotFoundError:
+        raise SgptError(f"{manifest}: no such manifest file") from None
+    except IsADirectoryError:
+        raise SgptError(f"{manifest}: is a directory, not a manifest file") from None
+    except UnicodeDecodeError:
+        raise SgptError(f"{manifest}: not UTF-8 text, not a manifest") from None
+    except OSError as e:
+        raise SgptError(f"{manifest}: cannot read manifest ({e.strerror or e})") from None
     if not lines:
         raise SgptError(f"{manifest}: empty manifest (line 1 must be the audio root)")
     root = lines[0].strip()
