@@ -239,6 +239,7 @@ def test_a_model_directory_without_a_usable_tokenizer_says_what_to_pass(model_di
     from sgpt.cli.generate import Session
     from sgpt.errors import SgptError
     from sgpt.generate import Sampling
+    from sgpt.llm import copy_tokenizer
 
     bare = tmp_path / "bare"
     tiny_llama(len(tokenizer())).save_pretrained(str(bare), safe_serialization=True)
@@ -254,6 +255,15 @@ def test_a_model_directory_without_a_usable_tokenizer_says_what_to_pass(model_di
     (unfinished / "train_config.yaml").write_text("stage: cross-modal\n")
     message = refused(unfinished)
     assert message.startswith(f"{unfinished}: an sgpt-train run that has not finished")
+    moved = tmp_path / "adapter-of-a-moved-base"  # an sgpt-train LoRA directory
+    moved.mkdir()
+    copy_tokenizer(str(extended("llama", "reference", K)), moved)
+    (moved / "sgpt_model.json").write_text(json.dumps(
+        {"format": "sgpt-model", "version": 1, "stage": "chain-of-modality", "k": K,
+         "adapter": True, "base_model": str(tmp_path / "gone"),
+         "vocab_size": len(tokenizer())}))
+    message = refused(moved)
+    assert "is not there" in message and f"as --adapter {moved}" in message
     message = refused(bare)
     assert message.startswith(f"{bare}: no tokenizer in the model directory")
     assert "--tokenizer DIR" in message

@@ -46,6 +46,7 @@ class Session:
         if not os.path.exists(model):
             raise SgptError(f"{model}: no such model directory or file")
         from sgpt.device import resolve_device, resolve_dtype
+        from sgpt.errors import CheckpointError
         from sgpt.generate import Generator
         from sgpt.llm import load_model_dir, quiet_transformers, vocab_rows
         from sgpt.tokenizer import TOKENIZER_FILES, SpeechTokenizer
@@ -72,9 +73,15 @@ class Session:
         except SgptError as e:  # name the directory, once
             where = tokenizer or model
             raise SgptError(str(e) if where in str(e) else f"{where}: {e}") from None
-        with quiet_transformers():
-            self.model, self.meta = load_model_dir(model, adapter=adapter, dtype=self.dtype,
-                                                   device=self.device)
+        try:
+            with quiet_transformers():
+                self.model, self.meta = load_model_dir(model, adapter=adapter,
+                                                       dtype=self.dtype, device=self.device)
+        except CheckpointError as e:
+            if adapter is None and "its base model" in str(e):  # the base was moved
+                raise SgptError(f"{e}; if it moved, give it as --model and this directory "
+                                f"as --adapter {model}") from None
+            raise
         rows = vocab_rows(self.model)
         if rows < len(self.tokenizer):
             raise SgptError(f"{model}: the model has {rows} token rows, its tokenizer "
