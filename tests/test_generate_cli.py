@@ -309,3 +309,25 @@ def test_config_file_settings_and_flags_over_them(model_dir, tmp_path):
     config.write_text("max_new_tokens: 7\ntemprature: 0.1\n")
     r = runner.invoke(cli, ["--config", str(config)], input=question)
     assert r.exit_code == 2 and "unknown setting 'temprature'" in r.stderr
+
+
+def test_a_stage_1_model_continues_units_unless_told_otherwise(tmp_path):
+    """sgpt-train's stage-1 directory never saw the chat prompt: without --task its
+    records are continued, as the README's spoken-language-model use; --task still wins."""
+    from click.testing import CliRunner
+
+    from sgpt.cli.generate import cli
+    from sgpt.llm import model_meta, save_model_dir
+
+    s1 = tmp_path / "s1"
+    save_model_dir(s1, tiny_llama(len(tokenizer())), model_meta(
+        "pretrain", K, False, "tiny-llama", len(tokenizer())),
+        str(extended("llama", "reference", K)))
+    question = jsonl([{"id": "u", "units": [3, 4, 5]}])
+    flags = ["--model", str(s1), "--greedy", "--max-new-tokens", "2"]
+    r = CliRunner().invoke(cli, flags, input=question)
+    assert r.exit_code == 0, r.output
+    assert records(r.stdout)[0]["task"] == "continue"
+    assert "stage-1 (pretrain) model" in r.stderr
+    r = CliRunner().invoke(cli, [*flags, "--task", "asr"], input=question)
+    assert r.exit_code == 0 and records(r.stdout)[0]["task"] == "asr", r.output

@@ -174,7 +174,8 @@ def speech_options(fn):
 @click.option("--tokenizer", metavar="DIR",
               help="The extended tokenizer (default: the one in the model directory).")
 @click.option("--task", type=click.Choice(["chat", "asr", "tts", "continue"]), default="chat",
-              show_default=True, help="Task of records that carry no 'task'.")
+              show_default=True, help="Task of records that carry no 'task' (a stage-1 "
+                                      "model: continue).")
 @click.option("--asr-instruction", metavar="TEXT",
               help="Instruction of asr prompts without 'instruction' (default: "
                    "'Transcribe this recording into text.').")
@@ -261,6 +262,13 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
     shard_index = parse_shard(shard)
     session = Session(model, adapter, tokenizer, device, dtype, sampling, batch_size,
                       not no_prefix_cache)
+    ctx = click.get_current_context()
+    if (session.meta.get("stage") == "pretrain"
+            and ctx.get_parameter_source("task") == click.core.ParameterSource.DEFAULT):
+        # a stage-1 model never saw the chat prompt: continuing units is what it can do
+        task = "continue"
+        reporter.info(f"{model}: a stage-1 (pretrain) model: records without 'task' are "
+                      "continued (--task continue; give --task to choose another)")
     return answer_records(session, sources, output, reporter, progress, task, truncate,
                           instructions, keep_order, shard_index)
 
