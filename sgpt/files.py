@@ -11,7 +11,9 @@ from typing import BinaryIO
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through ``write(binary_file)`` to a temporary name, then rename onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=Path(path).absolute().parent)
+    parent = Path(path).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)  # as -o DIR/FILE means, like the tools' -o DIR
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

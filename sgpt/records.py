@@ -175,6 +175,7 @@ class RecordWriter:
             self._out, self._ids = sys.stdout, None
             return
         partial, journal = path + ".partial", path + ".partial.ids"
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.exists(partial) and os.path.exists(journal):
             self.done = set(_resume(partial, journal))
         else:

@@ -84,3 +84,11 @@ def test_writer_resumes_over_a_finished_jsonl_file(tmp_path):
     w.write({"id": "b", "units": [2]})
     w.close()
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a", "b"]
+
+
+def test_writer_makes_the_output_directory(tmp_path):
+    out = tmp_path / "new" / "deeper" / "u.jsonl"
+    w = RecordWriter(str(out))
+    w.write({"id": "a", "units": [1]})
+    w.close()
+    assert json.loads(out.read_text())["id"] == "a"
