@@ -174,6 +174,22 @@ def test_usage_errors_exit_2(km, wavs):
     assert r.returncode == 2 and "'--device': 'gpu': use auto, cpu, cuda or cuda:N" in r.stderr
     r = encode(km, "--dtype", "fp8", wavs[0])
     assert r.returncode == 2 and "'--dtype': 'fp8'" in r.stderr
+    r = encode(km, "--batch-seconds", "0", wavs[0])
+    assert r.returncode == 2 and "--batch-seconds" in r.stderr
+    # not an internal error after all the features are computed
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "mfcc", "-k", "0", "-o", "x.npy",
+                 wavs[0])
+    assert r.returncode == 2 and "'-k'" in r.stderr and "x>=1" in r.stderr
+
+
+def test_output_into_a_new_directory(km, wavs, tmp_path):
+    """-o new/dir/FILE makes the directories, as sgpt-tokenize extend/pack -o DIR do."""
+    r = encode(km, "-o", tmp_path / "new" / "u.jsonl", wavs[0])
+    assert r.returncode == 0, r.stderr
+    assert records((tmp_path / "new" / "u.jsonl").read_text())[0]["id"] == "s0"
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "mfcc", "-k", "3", "-o",
+                 tmp_path / "km" / "k3.npy", wavs[0])
+    assert r.returncode == 0 and np.load(tmp_path / "km" / "k3.npy").shape == (3, 39)
 
 
 def test_missing_manifest_is_one_plain_line(km, tmp_path):

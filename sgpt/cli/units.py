@@ -179,7 +179,8 @@ def encoder_options(fn):
 
 
 def input_options(fn):
-    fn = click.option("--batch-seconds", type=float, default=60.0, show_default=True,
+    fn = click.option("--batch-seconds", type=click.FloatRange(min=0, min_open=True),
+                      default=60.0, show_default=True,
                       help="Audio per padded batch, in seconds.")(fn)
     return click.option("--manifest", type=click.Path(),
                         help="fairseq .tsv manifest (root on line 1, then path<TAB>samples).")(fn)
@@ -270,14 +271,15 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
 
 @cli.command("learn-kmeans")
 @encoder_options
-@click.option("-k", "k", type=int, required=True, help="Number of clusters (units).")
+@click.option("-k", "k", type=click.IntRange(min=1), required=True,
+              help="Number of clusters (units).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the frame sample and of k-means++.")
-@click.option("--max-frames", type=int, default=1_000_000, show_default=True,
+@click.option("--max-frames", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Frames kept in memory, sampled uniformly from the whole corpus.")
-@click.option("--max-iter", type=int, default=100, show_default=True,
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True,
               help="Lloyd iterations at most.")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Mini-batch k-means with this many frames per step (default: full batch).")
 @input_options
 @click.option("-o", "--output", required=True, type=click.Path(),
