@@ -148,8 +148,26 @@ class TrainConfig:
                              "in float32 (float16 needs loss scaling: use bfloat16)")
 
     def identity(self) -> dict:
-        """What must be the same for a run to resume another."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_IDENTITY}
+        """What must be the same for a run to resume another (paths compared absolute, so
+        the same run started again from another directory, or with absolute paths, is the
+        same run)."""
+        return {k: v for k, v in absolute_paths(asdict(self)).items() if k not in NOT_IDENTITY}
+
+
+PATH_KEYS = ("model", "output", "tokenizer")
+PATH_LIST_KEYS = ("data", "eval_data")
+
+
+def absolute_paths(values: dict) -> dict:
+    """``values`` with its file and directory settings made absolute (from the cwd)."""
+    values = dict(values)
+    for key in PATH_KEYS:
+        if values.get(key):
+            values[key] = os.path.abspath(values[key])
+    for key in PATH_LIST_KEYS:
+        if values.get(key):
+            values[key] = [os.path.abspath(p) for p in values[key]]
+    return values
 
 
 def config_keys() -> set[str]:
@@ -192,7 +210,7 @@ def load_yaml(path: str) -> dict:
 def dump_yaml(config: TrainConfig) -> str:
     import yaml
 
-    return yaml.safe_dump(asdict(config), sort_keys=False)
+    return yaml.safe_dump(absolute_paths(asdict(config)), sort_keys=False)
 
 
 # --- the process group -------------------------------------------------------------------------

@@ -163,6 +163,21 @@ def test_gradient_checkpointing_same_weights_and_quiet(data, tmp_path):
     assert all(torch.allclose(on[n], off[n], atol=1e-5) for n in off)
 
 
+def test_the_same_run_from_another_directory_or_with_absolute_paths(data, tmp_path,
+                                                                     monkeypatch):
+    """A run started with relative paths is the same run when started again with absolute
+    ones (a Slurm script, another shell): it resumes or is done, not 'other settings'."""
+    monkeypatch.chdir(tmp_path)
+    first = invoke(cli_args(data, "rel", "--max-steps", 1))
+    assert first.exit_code == 0, first.output
+    assert load_yaml(str(tmp_path / "rel" / "train_config.yaml"))["output"] == str(
+        tmp_path / "rel")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = invoke(cli_args(data, tmp_path / "rel", "--max-steps", 1))
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+
+
 def test_lora_on_a_new_vocabulary_trains_the_new_rows_and_merges(data, tmp_path):
     common = dict(stage="chain-of-modality", model=str(data["base"]), data=[str(data["3x"])],
                   batch_size=2, max_steps=4, lr=1e-2, eval_fraction=0.0, lora_dropout=0.0,
