@@ -158,6 +158,9 @@ def test_strict_stops_at_the_first_failure(tmp_path):
     ["pack", "--tokenizer", ".", "-o", "x", "--train-on-inputs", "maybe"],
     ["extend"],
     ["no-such-command"],
+    ["pretrain", "-k", "0"],  # not an error per record: 'outside 0..-1 (k=0)'
+    ["extend", "base", "-o", "tok", "-k", "0"],
+    ["pack", "--tokenizer", ".", "-o", "x", "--block-size", "0"],
 ])
 def test_usage_errors_exit_2(args, tmp_path):
     r = run_tool(T, *args, input="", cwd=tmp_path)

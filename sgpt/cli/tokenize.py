@@ -52,7 +52,7 @@ def unit_options(fn: Callable) -> Callable:
                            "SpeechGPT's units are).")(fn)
     fn = click.option("--tokenizer", type=click.Path(file_okay=False),
                       help="An extended tokenizer directory: k is read from it.")(fn)
-    return click.option("-k", "k", type=int, default=None,
+    return click.option("-k", "k", type=click.IntRange(min=1), default=None,
                         help="Units are 0..k-1 (default: the tokenizer's, else 1000).")(fn)
 
 
@@ -121,7 +121,7 @@ def cli():
 @click.argument("base")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Directory for the extended tokenizer (replaced atomically).")
-@click.option("-k", "k", type=int, default=None,
+@click.option("-k", "k", type=click.IntRange(min=1), default=None,
               help="Unit tokens <0>..<k-1> (default: what BASE records, else 1000).")
 @click.option("--units-only", is_flag=True,
               help="Stage-1 vocabulary: units, <sosp>, <eosp> only (33,002 on LLaMA).")
@@ -355,9 +355,9 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
               show_default=True,
               help="1: units/text lines cut into blocks; 2 or 3: SpeechInstruct sequences "
                    "with a loss mask; auto: from the first good record.")
-@click.option("--block-size", type=int, default=1024, show_default=True,
+@click.option("--block-size", type=click.IntRange(min=2), default=1024, show_default=True,
               help="Stage 1: tokens per block (the reference's 1024).")
-@click.option("--max-length", type=int, default=512, show_default=True,
+@click.option("--max-length", type=click.IntRange(min=2), default=512, show_default=True,
               help="Stages 2-3: longest sequence in tokens (the reference's 512).")
 @click.option("--overlong", type=click.Choice(["truncate", "drop"]), default="truncate",
               show_default=True,
