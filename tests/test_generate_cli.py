@@ -331,3 +331,21 @@ def test_a_stage_1_model_continues_units_unless_told_otherwise(tmp_path):
     assert "stage-1 (pretrain) model" in r.stderr
     r = CliRunner().invoke(cli, [*flags, "--task", "asr"], input=question)
     assert r.exit_code == 0 and records(r.stdout)[0]["task"] == "asr", r.output
+
+
+def test_output_that_is_an_input_or_a_directory_is_a_usage_error(model_dir, tmp_path):
+    """'-o questions.jsonl questions.jsonl' used to 'resume' from the questions (every id
+    there) and answer nothing with exit status 0; '-o answers/' was an internal error."""
+    from click.testing import CliRunner
+
+    from sgpt.cli.generate import cli
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(jsonl([{"id": "q", "text": "What is the capital of France?"}]))
+    before = questions.read_bytes()
+    for out, words in ((questions, "is also an input"), (tmp_path, "is a directory")):
+        r = CliRunner().invoke(cli, ["--model", str(model_dir), "-o", str(out),
+                                     str(questions)])
+        assert r.exit_code == 2 and words in r.stderr, r.output
+        assert "Traceback" not in r.output
+    assert questions.read_bytes() == before
