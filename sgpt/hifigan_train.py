@@ -22,10 +22,12 @@ import copy
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -511,6 +513,40 @@ def _truncate_log(path: str, steps: int) -> None:
         f.writelines(keep)
 
 
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint at ``steps``."""
+
+    def __init__(self, signum: int, steps: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {steps}")
+        self.signum, self.steps = signum, steps
+
+
+@contextmanager
+def stop_requests(info: Callable[[str], None]):
+    """While active, SIGINT and SIGTERM ask the loop to stop (the list holds the signal
+    number) instead of killing it mid-update; a second one aborts at once, as before."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        info(f"{signal.Signals(signum).name}: finishing the current update to save a "
+             "checkpoint (send it again to abort without saving)")
+
+    # a signal the parent set to be ignored (nohup, a shell's background job) stays ignored
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class Trainer:
     def __init__(self, cfg: HiFiGANConfig, opts: TrainOptions, device: torch.device,
                  amp: torch.dtype | None = None, info: Callable[[str], None] = print):
@@ -648,13 +684,15 @@ class Trainer:
         for model in (self.generator, self.mpd, self.msd):
             model.train()
         entry = None
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path, "a", encoding="utf-8") as log, \
+                stop_requests(self.info) as stop:
             while self.steps < opts.steps:
                 start = time.perf_counter()
                 entry = self.step(sampler)
                 entry["seconds"] = round(time.perf_counter() - start, 4)
                 advance(1)
-                last = self.steps == opts.steps
+                stopping = bool(stop)  # read once: a later signal waits for the next update
+                last = self.steps == opts.steps or stopping
                 if self.steps % opts.log_interval == 0 or last or self.steps == 1:
                     log.write(json.dumps(entry) + "\n")
                     log.flush()
@@ -663,4 +701,6 @@ class Trainer:
                               f"dur {entry['loss_dur']:.3f} ({entry['seconds']:.2f} s/step)")
                 if self.steps % opts.checkpoint_interval == 0 or last:
                     self.save()
+                if stopping and self.steps < opts.steps:
+                    raise Interrupted(stop[0], self.steps)
         return entry

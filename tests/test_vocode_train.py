@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_tool
+from conftest import run_tool, tool
 from fakes.hifigan import one_torch_thread, small_config
 
 from sgpt.audio import load_audio
@@ -175,3 +177,47 @@ def test_bfloat16_autocast_step(data, tmp_path):
     g = torch.load(tmp_path / "bf16" / "g_00000001", weights_only=True)["generator"]
     assert all(v.dtype == torch.float32 for v in g.values())
     assert load_vocoder(str(tmp_path / "bf16")).cfg.num_embeddings == K
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(data, tmp_path):
+    """SIGTERM (what Slurm and timeout send) after the first logged update: the update in
+    progress finishes, a g_/do_ pair is written although no checkpoint was due, the exit is
+    143 with one line, and the same command resumes from there."""
+    d, _ = data
+    out = tmp_path / "run"
+
+    def args(steps):
+        return ["train", "--config", d / "config.json", "-o", out, "--steps", steps,
+                "--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "1000",
+                "--log-interval", "1", "--no-progress", d / "train.jsonl"]
+
+    proc = subprocess.Popen([tool("sgpt-vocode"), *map(str, args(1000))],
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("sgpt-vocode: step 1:"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=120) == 143, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines)
+    assert "Traceback" not in stderr
+    saved = sorted(p.name for p in out.iterdir() if p.name.startswith(("g_", "do_")))
+    assert len(saved) == 2 and saved[0][3:] == saved[1][2:], (saved, stderr)
+    step = int(saved[1][2:])
+    assert step >= 1
+    assert lines[-1] == (f"sgpt-vocode: interrupted by SIGTERM: checkpoint of step {step} "
+                         f"saved in {out}; run the same command again to resume\n")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert torch.load(out / saved[0], weights_only=True)["steps"] == step
+    assert log(out)[-1]["step"] == step
+
+    r = run_tool("sgpt-vocode", *args(step + 1))
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from step {step}" in r.stderr
+    assert [e["step"] for e in log(out)][-2:] == [step, step + 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import struct
 import sys
 
@@ -345,9 +346,13 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
       sgpt-units --checkpoint mhubert.pt --kmeans km1000.bin corpus/*.wav > train.jsonl
       sgpt-vocode train --config config.json -o vocoder/ --steps 400000 train.jsonl
       sgpt-vocode --vocoder vocoder/ -o resynth/ train.jsonl
+
+    SIGINT (Ctrl-C) or SIGTERM (timeout, Slurm) finishes the current update, writes a
+    g_/do_ checkpoint and exits (130 or 143); a second signal aborts without saving.
     """
     from sgpt.device import resolve_device
     from sgpt.hifigan_train import (
+        Interrupted,
         Trainer,
         TrainOptions,
         amp_dtype,
@@ -383,6 +388,10 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
             trainer.train(examples, advance)
         except RecordError as e:  # audio that became unreadable mid-run
             reporter.error(e.where, e.reason)
+        except Interrupted as e:
+            reporter.info(f"interrupted by {signal.Signals(e.signum).name}: checkpoint of step "
+                          f"{e.steps} saved in {output}; run the same command again to resume")
+            return 128 + e.signum
     return reporter.exit_code
 
 
