@@ -496,6 +496,7 @@ class Run:
                     "fingerprint"):
                 raise DataError(f"{config.eval_data[0]}: built with another tokenizer than "
                                 "the training data")
+            check_stage(self.eval_data, config.stage, self.tok)  # held out: the same task
             self.train_idx = np.arange(len(self.data))
             self.eval_idx = np.arange(len(self.eval_data))
         else:

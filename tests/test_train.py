@@ -363,6 +363,9 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
         # not packed data at all
         (cli_args(data, existing)[:4] + ["--data", str(tmp_path)] + cli_args(data, existing)[6:],
          ("no finished part",)),
+        # held-out data of another stage
+        (cli_args(data, existing) + ["--eval-data", str(data["1"])],
+         (f"{data['1']}: pretrain (stage 1) data", "--stage cross-modal")),
         # a mistyped --tokenizer; data whose tokenizer has moved away
         (cli_args(data, existing) + ["--tokenizer", str(tmp_path / "nope")],
          ("nope: no such tokenizer directory",)),
