@@ -114,3 +114,16 @@ def test_missing_packages_are_one_clear_line(speech_dir, tmp_path):
 def test_not_a_whisper_directory(tmp_path):
     with pytest.raises(CheckpointError, match="no model.bin"):
         load_whisper(tmp_path)
+
+
+def test_quadruplets_encode_with_whisper_as_sgpt_units_does(tmp_path):
+    """sgpt-tokenize quadruplets takes every encoder sgpt-units takes."""
+    km = tmp_path / "km.npy"
+    np.save(km, np.random.default_rng(0).normal(size=(20, 512)).astype(np.float32))
+    pairs = tmp_path / "qa.jsonl"
+    pairs.write_text(json.dumps({"id": "q", "question": "Why?", "answer": "Because."}) + "\n")
+    r = run_tool("sgpt-tokenize", "quadruplets", "--encoder", "whisper", "--kmeans", km, pairs)
+    assert r.returncode == 0, r.stderr
+    (rec,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rec["units_meta"]["encoder"] == "whisper:base" and rec["units_meta"]["k"] == 20
+    assert rec["question_units"] and all(0 <= u < 20 for u in rec["answer_units"])

@@ -261,8 +261,9 @@ def chain_of_modality(k, tokenizer, no_dedup, modes, output, progress, strict, i
 
 
 @cli.command()
-@click.option("--encoder", type=click.Choice(["hubert", "mfcc"]),
-              help="Dense features: hubert (needs --checkpoint) or mfcc (weights-free).")
+@click.option("--encoder", type=click.Choice(["hubert", "mfcc", "whisper"]),
+              help="Dense features, as in sgpt-units: hubert (needs --checkpoint), mfcc "
+                   "(weights-free) or whisper (Whisper base's encoder).")
 @click.option("--checkpoint", type=click.Path(),
               help="fairseq HuBERT/mHuBERT .pt or transformers HubertModel directory "
                    "(implies --encoder hubert).")
@@ -311,7 +312,7 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
 
     reporter = Reporter(TOOL, strict)
     if encoder is None and checkpoint is None:
-        raise click.UsageError("give --encoder mfcc, or --checkpoint HUBERT.pt")
+        raise click.UsageError("give --encoder mfcc or whisper, or --checkpoint HUBERT.pt")
     if jobs < 1 or batch_size < 1:
         raise click.UsageError("--jobs and --batch-size must be at least 1")
     voice_list = [v.strip() for v in voices.split(",") if v.strip()] if voices \
@@ -331,7 +332,8 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
                       f"{output}")
     dev = resolve_device(device)
     model = load_speech_encoder(encoder or "hubert", kmeans, checkpoint, layer, dev,
-                                resolve_dtype(dtype, dev), dedup=True)
+                                dtype if encoder == "whisper" else resolve_dtype(dtype, dev),
+                                dedup=True)
     speak = Quadrupleter(model, tts, voice_list, seed, jobs)
     with progress_bar(progress, len(todo), "quadruplets") as advance:
         for start in range(0, len(todo), batch_size):
