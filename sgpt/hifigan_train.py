@@ -424,6 +424,24 @@ def latest_pair(directory: str) -> int | None:
     return max(steps) if steps else None
 
 
+def prune_checkpoints(directory: str, step: int, keep: int | None) -> list[str]:
+    """After the pair of ``step`` is written: remove the older do_ files (discriminators and
+    optimizer state, needed only to resume, from the newest) and all but the ``keep`` newest
+    g_ files (None: keep every g_). Files of later steps, left by another run, stay."""
+    found: dict[str, list[tuple[int, str]]] = {"g_": [], "do_": []}
+    for name in os.listdir(directory):
+        for prefix, into in found.items():
+            rest = name[len(prefix):]
+            if name.startswith(prefix) and rest.isdigit() and int(rest) <= step:
+                into.append((int(rest), name))
+    remove = [name for s, name in found["do_"] if s < step]
+    if keep is not None:
+        remove += [name for _, name in sorted(found["g_"])[:-keep]]
+    for name in remove:
+        os.remove(os.path.join(directory, name))
+    return remove
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -438,6 +456,7 @@ class TrainOptions:
     segment_size: int | None = None
     learning_rate: float | None = None
     seed: int | None = None
+    keep: int | None = None            # newest g_ files kept; None: all
 
 
 def architecture(cfg: HiFiGANConfig) -> dict:
@@ -601,6 +620,7 @@ class Trainer:
         _atomic_save({"mpd": self.mpd.state_dict(), "msd": self.msd.state_dict(),
                       "optim_g": self.optim_g.state_dict(), "optim_d": self.optim_d.state_dict(),
                       "steps": self.steps, "epoch": self.epoch}, os.path.join(out, "do_" + name))
+        prune_checkpoints(out, self.steps, self.opts.keep)
 
     # -- one update ---------------------------------------------------------------------------
 

@@ -16,7 +16,14 @@ from fakes.hifigan import one_torch_thread, small_config
 from sgpt.audio import load_audio
 from sgpt.errors import SgptError
 from sgpt.hifigan import load_vocoder, read_config
-from sgpt.hifigan_train import Trainer, TrainOptions, amp_dtype, make_example, training_config
+from sgpt.hifigan_train import (
+    Trainer,
+    TrainOptions,
+    amp_dtype,
+    make_example,
+    prune_checkpoints,
+    training_config,
+)
 
 K = 16
 TRAIN = ["--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "1",
@@ -94,9 +101,9 @@ def test_train_resume_and_load_in_fairseq(data, tmp_path):
 
     r = train(d, straight, 2, d / "train.jsonl")
     assert r.returncode == 0, r.stderr
+    # every g_ is kept by default, only the newest do_ (needed only to resume)
     assert sorted(p.name for p in straight.iterdir()) == [
-        "config.json", "do_00000001", "do_00000002", "g_00000001", "g_00000002",
-        "train_log.jsonl"]
+        "config.json", "do_00000002", "g_00000001", "g_00000002", "train_log.jsonl"]
     entries = log(straight)
     assert [e["step"] for e in entries] == [1, 2]
     for e in entries:
@@ -221,3 +228,33 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"resuming from step {step}" in r.stderr
     assert [e["step"] for e in log(out)][-2:] == [step, step + 1]
+
+
+def test_keep_prunes_old_checkpoints(data, tmp_path):
+    """--keep 2: the two newest g_ files and the newest do_ remain; a do_ pile left by an
+    earlier run is cleared too, and the run still resumes from the newest pair."""
+    d, _ = data
+    out = tmp_path / "keep"
+    r = train(d, out, 2, "--keep", "2", d / "train.jsonl")
+    assert r.returncode == 0, r.stderr
+    (out / "do_00000001").write_bytes((out / "do_00000002").read_bytes())  # an older pile
+    r = train(d, out, 4, "--keep", "2", d / "train.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert "resuming from step 2" in r.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name[:2] in ("g_", "do")) == [
+        "do_00000004", "g_00000003", "g_00000004"]
+    assert torch.load(out / "do_00000004", weights_only=True)["steps"] == 4
+    assert load_vocoder(str(out)).cfg.num_embeddings == K
+
+
+def test_prune_leaves_later_and_foreign_files(tmp_path):
+    names = ["g_00000001", "do_00000001", "g_00000002", "do_00000002", "g_00000003",
+             "g_00000009", "do_00000009", "do_notes", "g_best"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = prune_checkpoints(str(tmp_path), 3, keep=1)
+    assert sorted(removed) == ["do_00000001", "do_00000002", "g_00000001", "g_00000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "do_00000009", "do_notes", "g_00000003", "g_00000009", "g_best"]
+    (tmp_path / "do_00000002").write_bytes(b"x")
+    assert prune_checkpoints(str(tmp_path), 3, keep=None) == ["do_00000002"]

@@ -327,6 +327,9 @@ def _request(record, voc, out: Output, reporter: Reporter):
                    "config, 1234).")
 @click.option("--checkpoint-interval", type=click.IntRange(min=1), default=5000,
               show_default=True, help="Write g_/do_ every N updates (and at the end).")
+@click.option("--keep", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Keep only the N newest g_ files (default: all). Only the newest do_ is "
+                   "kept in any case: it is needed only to resume.")
 @click.option("--log-interval", type=click.IntRange(min=1), default=100, show_default=True,
               help="Append losses to train_log.jsonl (and stderr) every N updates.")
 @device_options
@@ -334,7 +337,7 @@ def _request(record, voc, out: Output, reporter: Reporter):
 @click.argument("inputs", nargs=-1, metavar="[RECORDS|-]...")
 @run_tool(TOOL)
 def train(output, config_file, steps, batch_size, segment_size, learning_rate, seed,
-          checkpoint_interval, log_interval, device, dtype, progress, strict, inputs):
+          checkpoint_interval, keep, log_interval, device, dtype, progress, strict, inputs):
     """Train a unit HiFi-GAN on (audio, units) records.
 
     Each record needs 'audio' and 'units' with 'durations' (as sgpt-units writes them), or
@@ -365,7 +368,8 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     sources = _inputs(inputs)
     opts = TrainOptions(output=output, steps=steps, checkpoint_interval=checkpoint_interval,
                         log_interval=log_interval, batch_size=batch_size,
-                        segment_size=segment_size, learning_rate=learning_rate, seed=seed)
+                        segment_size=segment_size, learning_rate=learning_rate, seed=seed,
+                        keep=keep)
     cfg = training_config(opts, config_file)
     dev = resolve_device(device)
     examples = []
