@@ -189,6 +189,32 @@ def _metadata(tokenizer, k: int, base: str, base_size: int, spacing: str) -> dic
     }
 
 
+# What save_pretrained and extend write into a tokenizer directory.
+_TOKENIZER_DIR_FILES = frozenset(TOKENIZER_FILES) | {
+    "vocab.txt", "spiece.model", "chat_template.jinja", "chat_template.json"}
+
+
+def _check_replaceable(out: Path) -> None:
+    """``-o DIR`` is replaced whole: only when it is new, empty or an sgpt tokenizer.
+
+    Anything else (a model directory with weights, a corpus, ``.``) would be deleted.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TokenizerError(f"{out}: is a file, not a directory for the tokenizer")
+    names = {p.name for p in out.iterdir()}
+    if names and names <= _TOKENIZER_DIR_FILES and META_FILE not in names:
+        raise TokenizerError(f"{out}: not replaced: a tokenizer directory sgpt did not write "
+                             f"(no {META_FILE}); give a new or empty directory")
+    if names and not (META_FILE in names and names <= _TOKENIZER_DIR_FILES):
+        others = sorted(names - _TOKENIZER_DIR_FILES)
+        raise TokenizerError(
+            f"{out}: not replaced: it is not an sgpt tokenizer directory and holds other "
+            f"files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+            "give a new or empty directory")
+
+
 def extend(base: str, output: str, k: int | None = None, dialog: bool = True,
            spacing: str | None = None) -> dict:
     """Extend the tokenizer at ``base`` and save it to ``output``; return its metadata.
@@ -197,6 +223,7 @@ def extend(base: str, output: str, k: int | None = None, dialog: bool = True,
     1000 and ``reference``. The directory appears whole or not at all (written beside it,
     then renamed).
     """
+    _check_replaceable(Path(output))
     old: dict = {}
     meta_path = Path(base) / META_FILE
     if meta_path.is_file():  # an sgpt tokenizer: keep what it records of its own base

@@ -52,6 +52,24 @@ def test_extend(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_extend_never_replaces_a_directory_it_did_not_write(tmp_path, tok_dir):
+    """-o DIR is replaced whole: a corpus, a model directory or a file there would be lost."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.wav").write_bytes(b"RIFF")
+    data = tmp_path / "s2.jsonl"
+    data.write_text("{}\n")
+    for out, reason in [(corpus, "not an sgpt tokenizer directory and holds other files (a.wav)"),
+                        (llama_base(), "a tokenizer directory sgpt did not write"),
+                        (data, "is a file, not a directory")]:
+        r = run_tool(T, "extend", llama_base(), "-o", out)
+        assert r.returncode == 1 and reason in r.stderr, r.stderr
+    assert (corpus / "a.wav").exists() and data.read_text() == "{}\n"
+    assert (llama_base() / "tokenizer.model").exists()
+    (tmp_path / "empty").mkdir()
+    assert run_tool(T, "extend", llama_base(), "-o", tmp_path / "empty").returncode == 0
+
+
 def test_units_to_packed_stage1_in_a_pipe(tmp_path, tok_dir):
     (tmp_path / "u.jsonl").write_text("".join(json.dumps(r) + "\n" for r in unit_records()))
     r = sh(f"cat u.jsonl | {T} pretrain | tee s1.txt | {T} pack --tokenizer {tok_dir} "
