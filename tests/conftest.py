@@ -29,6 +29,15 @@ def speak(text: str, path: Path, voice: str = "en-us", speed: int = 160) -> Path
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models only lose time to a second thread (more so on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def speech_dir(tmp_path_factory) -> Path:
     """Three espeak-ng sentences: s0.wav, s1.wav, s2.wav."""

@@ -57,13 +57,7 @@ def tiny_llama(vocab: int, seed: int = 0, max_positions: int = 512):
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small only lose time to a second thread (more so on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 _FITTED: dict = {}

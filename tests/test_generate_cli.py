@@ -11,7 +11,6 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import run_tool, tool
 from fakes.hifigan import fabricate_vocoder, small_config
 from fakes.tokenizers import extended, llama_base
@@ -47,12 +46,7 @@ def vocoder(tmp_path_factory):
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: a second thread only adds contention
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def generate(model_dir, *args, **kw):
