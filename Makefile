@@ -19,7 +19,7 @@ setup: $(VENV)/.runtime
 setup-test: $(VENV)/.test
 
 lint: setup-test
-	$(BIN)/ruff check sgpt tests bench scripts
+	$(BIN)/ruff check sgpt tests bench scripts examples
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
