@@ -1,6 +1,12 @@
 """User-facing errors: each carries one line that names what is wrong."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line (its first), for the reasons our errors give."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class SgptError(Exception):
     """An error the tools report as one line on stderr, never as a traceback."""
 

@@ -23,8 +23,8 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
 from sgpt.audio import SAMPLE_RATE
-from sgpt.errors import CheckpointError
-from sgpt.safe_pickle import Stub, first_line, torch_load
+from sgpt.errors import CheckpointError, first_line
+from sgpt.safe_pickle import Stub, torch_load
 
 # fairseq activation_fn -> transformers hidden_act
 _ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_pytorch_tanh",

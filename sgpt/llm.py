@@ -33,18 +33,13 @@ from pathlib import Path
 import torch
 
 from sgpt import __version__
-from sgpt.errors import CheckpointError
-from sgpt.files import write_atomic
+from sgpt.errors import CheckpointError, first_line
+from sgpt.files import write_json
 
 MODEL_META = "sgpt_model.json"
 MODEL_FORMAT = "sgpt-model"
 STAGES = ("pretrain", "cross-modal", "chain-of-modality")
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 @contextmanager
@@ -165,7 +160,7 @@ def _from_pretrained(source: str, dtype: torch.dtype):
     except CheckpointError:
         raise
     except Exception as e:  # transformers raises many kinds; the user needs one line
-        raise CheckpointError(f"cannot load a causal LM from {source}: {_first_line(e)}"
+        raise CheckpointError(f"cannot load a causal LM from {source}: {first_line(e)}"
                               ) from None
     if getattr(model.config, "quantization_config", None) is not None and is_gguf(
             kwargs.get("gguf_file", "")):
@@ -240,7 +235,7 @@ def _apply_adapter(model, adapter: str, merge: bool):
             warnings.simplefilter("ignore", FutureWarning)  # peft calls deprecated names
             model = PeftModel.from_pretrained(model, adapter, is_trainable=not merge)
     except Exception as e:
-        raise CheckpointError(f"cannot apply the adapter {adapter}: {_first_line(e)}") from None
+        raise CheckpointError(f"cannot apply the adapter {adapter}: {first_line(e)}") from None
     return model.merge_and_unload() if merge else model
 
 
@@ -331,8 +326,7 @@ def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: 
         for f in sorted(tmp.iterdir()):
             os.chmod(f, mode)  # temporary files are private; a model is shared like others
             os.replace(f, out / f.name)
-        write_atomic(out / MODEL_META, lambda f: f.write(
-            (json.dumps(meta, indent=2) + "\n").encode()))
+        write_json(out / MODEL_META, meta)
         os.chmod(out / MODEL_META, mode)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

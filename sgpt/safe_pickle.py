@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from sgpt.errors import CheckpointError
+from sgpt.errors import CheckpointError, first_line
 
 
 class Stub:
@@ -145,12 +145,6 @@ class Unpickler(pickle._Unpickler):
 def load(file: BinaryIO, **kwargs: Any) -> Any:
     """pickle.load through the restricted Unpickler (torch.load calls it for old files)."""
     return Unpickler(file, **kwargs).load()
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message as one line (its first), for CheckpointError reasons."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _check_file(path: str | os.PathLike) -> None:
