@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,3 +23,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
+    """Write ``data`` as indented JSON (UTF-8, a final newline) atomically."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))

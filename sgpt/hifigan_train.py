@@ -23,7 +23,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +39,7 @@ from torch.nn.utils import spectral_norm
 
 from sgpt.audio import load_audio
 from sgpt.errors import AudioError, CheckpointError, RecordError, SgptError
+from sgpt.files import write_atomic, write_json
 from sgpt.hifigan import (
     LRELU_SLOPE,
     MHUBERT_KM1000_CONFIG,
@@ -394,26 +394,6 @@ class SegmentSampler:
 # Checkpoints
 
 
-def _atomic_save(obj, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(obj, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=4)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def latest_pair(directory: str) -> int | None:
     """The highest step with both g_ and do_ files in ``directory``."""
     steps = []
@@ -614,12 +594,12 @@ class Trainer:
     def save(self) -> None:
         out = self.opts.output
         name = f"{self.steps:08d}"
-        _atomic_save({"generator": {k: v.detach().cpu() for k, v in
-                                    self.generator.state_dict().items()}},
-                     os.path.join(out, "g_" + name))
-        _atomic_save({"mpd": self.mpd.state_dict(), "msd": self.msd.state_dict(),
-                      "optim_g": self.optim_g.state_dict(), "optim_d": self.optim_d.state_dict(),
-                      "steps": self.steps, "epoch": self.epoch}, os.path.join(out, "do_" + name))
+        g = {"generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}}
+        do = {"mpd": self.mpd.state_dict(), "msd": self.msd.state_dict(),
+              "optim_g": self.optim_g.state_dict(), "optim_d": self.optim_d.state_dict(),
+              "steps": self.steps, "epoch": self.epoch}
+        write_atomic(os.path.join(out, "g_" + name), lambda f: torch.save(g, f))
+        write_atomic(os.path.join(out, "do_" + name), lambda f: torch.save(do, f))
         prune_checkpoints(out, self.steps, self.opts.keep)
 
     # -- one update ---------------------------------------------------------------------------
@@ -689,7 +669,7 @@ class Trainer:
         """Train until ``opts.steps`` updates; returns the last log entry."""
         h, opts = self.cfg.extra, self.opts
         os.makedirs(opts.output, exist_ok=True)
-        write_json(self.cfg.to_dict(), os.path.join(opts.output, "config.json"))
+        write_json(os.path.join(opts.output, "config.json"), self.cfg.to_dict(), indent=4)
         log_path = os.path.join(opts.output, LOG_NAME)
         if self.resume():
             self.info(f"resuming from step {self.steps} in {opts.output}")

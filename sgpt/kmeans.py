@@ -12,7 +12,6 @@ uniformly, with ``FrameReservoir``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from sgpt.errors import CheckpointError
-from sgpt.files import write_atomic
+from sgpt.files import write_atomic, write_json
 
 CHUNK_ELEMENTS = 1 << 24  # bound on the [rows, k] matrices built at once (64 MiB of float32)
 NPY_MAGIC = b"\x93NUMPY"
@@ -71,7 +70,7 @@ def save_centroids(path: str | os.PathLike, centroids: Tensor | np.ndarray, meta
         raise ValueError(f"{path}: the centroids file cannot be named .json (that is its sidecar)")
     info = {"k": array.shape[0], "dim": array.shape[1], **meta}
     write_atomic(path, lambda f: np.save(f, array))
-    write_atomic(sidecar, lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
+    write_json(sidecar, info)
 
 
 def nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:

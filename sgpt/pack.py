@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from sgpt.errors import RecordError, SgptError
+from sgpt.files import write_json
 from sgpt.prompts import SPEECHGPT
 from sgpt.records import parse_line, source_stem
 from sgpt.tokenizer import SpeechTokenizer
@@ -243,7 +244,7 @@ class _Part:
             f.flush()
             os.fsync(f.fileno())
         state["bytes"] = {what: self.files[what].tell() for what in self.FILES}
-        _write_json(self.progress_path, state)
+        write_json(self.progress_path, state)
 
     def finish(self, header: dict, keep_names: bool) -> None:
         for f in self.files.values():
@@ -253,14 +254,8 @@ class _Part:
                 self.path(what).unlink()
                 continue
             os.replace(self.path(what), self.path(what, partial=False))
-        _write_json(self.out / f"{self.name}.json", header)
+        write_json(self.out / f"{self.name}.json", header)
         self.progress_path.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # --- packing -------------------------------------------------------------------------------
