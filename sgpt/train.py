@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from sgpt.errors import CheckpointError, SgptError
+from sgpt.files import read_yaml_mapping
 from sgpt.llm import (
     MODEL_META,
     STAGES,
@@ -190,21 +191,6 @@ def make_config(file_values: dict, overrides: dict) -> TrainConfig:
     if config.method is None:
         config.method = "lora" if config.stage == "chain-of-modality" else "full"
     return config
-
-
-def load_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise TrainError(f"{path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise TrainError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise TrainError(f"{path}: a YAML mapping of settings is expected")
-    return values
 
 
 def dump_yaml(config: TrainConfig) -> str:
@@ -543,8 +529,8 @@ class Run:
         if not saved.is_file():
             raise TrainError(f"{out}: exists and holds no sgpt-train run: give another -o")
         try:
-            old = make_config(load_yaml(str(saved)), {}).identity()
-        except (TrainError, TypeError):
+            old = make_config(read_yaml_mapping(saved), {}).identity()
+        except (SgptError, TypeError):
             raise TrainError(f"{saved}: not an sgpt-train config: give another -o") from None
         new = self.config.identity()
         if old != new:

@@ -21,11 +21,12 @@ from conftest import SENTENCES, run_tool, speak, tool
 from fakes.tokenizers import extended
 from test_llm import logits, tiny_llama_dir
 
+from sgpt.files import read_yaml_mapping
 from sgpt.instruct import chain_of_modality_examples, cross_modal_examples
 from sgpt.llm import MODEL_META, embeddings_tied, load_model_dir, vocab_rows
 from sgpt.pack import Inputs, PackConfig, Packer
 from sgpt.train import Run as TrainRun
-from sgpt.train import TrainConfig, TrainError, load_yaml, make_config
+from sgpt.train import TrainConfig, TrainError, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MORE = SENTENCES + [
@@ -124,7 +125,7 @@ def test_three_stages_loss_falls_and_the_adapter_loads_on_stage_2(data, tmp_path
     assert {"adapter_config.json", "adapter_model.safetensors", "train_config.yaml",
             "sgpt_tokenizer.json"} <= {p.name for p in s3.iterdir()}
     assert not (s3 / "checkpoint").exists()
-    saved = load_yaml(str(s3 / "train_config.yaml"))
+    saved = read_yaml_mapping(str(s3 / "train_config.yaml"))
     assert saved["method"] == "lora" and saved["lora_target"] == ["q_proj", "v_proj"]
     stage2, _ = load_model_dir(str(s2))
     stage3, _ = load_model_dir(str(s3))
@@ -164,7 +165,7 @@ def test_the_same_run_from_another_directory_or_with_absolute_paths(data, tmp_pa
     monkeypatch.chdir(tmp_path)
     first = invoke(cli_args(data, "rel", "--max-steps", 1))
     assert first.exit_code == 0, first.output
-    assert load_yaml(str(tmp_path / "rel" / "train_config.yaml"))["output"] == str(
+    assert read_yaml_mapping(str(tmp_path / "rel" / "train_config.yaml"))["output"] == str(
         tmp_path / "rel")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -198,17 +199,17 @@ def test_lora_on_a_new_vocabulary_trains_the_new_rows_and_merges(data, tmp_path)
 def test_config_file_flags_override_and_example_configs(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("stage: cross-modal\nlr: 1.0e-4\nlora-r: 4\ndata: [a, b]\n")
-    config = make_config(load_yaml(str(f)), {"lr": 3e-4, "model": "m", "output": "o"})
+    config = make_config(read_yaml_mapping(str(f)), {"lr": 3e-4, "model": "m", "output": "o"})
     assert (config.lr, config.lora_r, config.data, config.method) == (3e-4, 4, ["a", "b"],
                                                                       "full")
     with pytest.raises(TrainError, match="unknown setting 'lerning_rate'"):
         make_config({"lerning_rate": 1}, {})
     for stage in ("pretrain", "cross-modal", "chain-of-modality"):
-        values = load_yaml(str(ROOT / "examples" / "configs" / f"{stage}.yaml"))
+        values = read_yaml_mapping(str(ROOT / "examples" / "configs" / f"{stage}.yaml"))
         config = make_config(values, {"model": "m", "data": ["d"], "output": "o"})
         config.check()
         assert config.stage == stage
-    assert make_config(load_yaml(str(ROOT / "examples/configs/chain-of-modality.yaml")),
+    assert make_config(read_yaml_mapping(str(ROOT / "examples/configs/chain-of-modality.yaml")),
                        {}).method == "lora"
     assert TrainConfig().lora_target == ["q_proj", "v_proj"]
 

@@ -114,14 +114,12 @@ def _read_config(ctx: click.Context, param, value: str | None):
     """--config FILE.yaml: its settings become the defaults, so flags override them."""
     if value is None:
         return None
-    import yaml
+    from sgpt.files import read_yaml_mapping
 
     try:
-        data = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise click.BadParameter(f"{value}: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{value}: not a mapping of settings")
+        data = read_yaml_mapping(value)
+    except SgptError as e:
+        raise click.BadParameter(str(e)) from None
     names = {p.name for p in ctx.command.params if isinstance(p, click.Option)}
     settings = {}
     for key, setting in data.items():

@@ -6,6 +6,7 @@ import click
 
 from sgpt import __version__
 from sgpt.cli.common import DEVICE_HELP, Reporter, progress_bar, run_tool
+from sgpt.errors import SgptError
 
 TOOL = "sgpt-train"
 STAGES = ("pretrain", "cross-modal", "chain-of-modality")
@@ -109,7 +110,8 @@ def cli(ctx, config_file, **flags):
       torchrun --nproc-per-node 8 $(which sgpt-train) --config examples/configs/cross-modal.yaml \\
           --model s1 --data packed-s2 -o s2
     """
-    from sgpt.train import Run, SettingsError, TrainError, load_yaml, make_config
+    from sgpt.files import read_yaml_mapping
+    from sgpt.train import Run, SettingsError, make_config
 
     reporter = Reporter(TOOL)
     given = {k: v for k, v in flags.items() if v is not None and v != ()}
@@ -119,8 +121,8 @@ def cli(ctx, config_file, **flags):
     if "keep_checkpoint" in given and not given["keep_checkpoint"]:
         del given["keep_checkpoint"]
     try:
-        file_values = load_yaml(config_file) if config_file else {}
-    except TrainError as e:  # a missing or unreadable --config is a usage error (exit 2)
+        file_values = read_yaml_mapping(config_file) if config_file else {}
+    except SgptError as e:  # a missing or unreadable --config is a usage error (exit 2)
         raise click.BadParameter(str(e), param_hint="'--config'") from None
     try:
         config = make_config(file_values, given)
