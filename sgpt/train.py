@@ -278,6 +278,9 @@ def build_model(config: TrainConfig, tok, new_ids: list[int], device: torch.devi
                 log: Callable[[str], None]):
     """The model to train, and the ids of tokens new to the base (``new_ids``: those the
     base's own tokenizer lacks, if it has one; else the rows the resize adds)."""
+    previous = continued_adapter(config)
+    if previous is not None:
+        return _continue_adapter(config, previous, new_ids, device, log)
     model = load_causal_lm(config.model, dtype=torch.float32, device="cpu")
     rows = vocab_rows(model)
     added = resize_embeddings(model, len(tok))
@@ -310,6 +313,34 @@ def build_model(config: TrainConfig, tok, new_ids: list[int], device: torch.devi
         except ValueError as e:
             raise TrainError(f"LoRA on {config.model}: {e}") from None
     return model.to(device), new_ids
+
+
+def continued_adapter(config: TrainConfig) -> dict | None:
+    """The sgpt_model.json of ``--model`` when a LoRA run continues its adapter, else None.
+
+    A LoRA stage on an sgpt adapter directory goes on training that adapter (its rank, its
+    modules, its new-token rows) over the same base, so the three stages end as one adapter
+    over the base model (the embedded default ships so)."""
+    if config.method != "lora" or not os.path.isdir(config.model):
+        return None
+    meta = read_meta(config.model)
+    return meta if meta is not None and meta.get("adapter") else None
+
+
+def _continue_adapter(config: TrainConfig, previous: dict, new_ids: list[int],
+                      device: torch.device, log: Callable[[str], None]):
+    from sgpt.llm import load_model_dir
+
+    model, _ = load_model_dir(config.model, merge=False)
+    span = previous.get("new_token_ids")
+    if not new_ids and span:
+        new_ids = list(range(span[0], span[1] + 1))
+    log(f"continuing the LoRA adapter of {config.model} over {previous['base_model']} "
+        "(its rank and modules)")
+    if config.gradient_checkpointing:
+        set_checkpointing(model, True)
+    model.config.use_cache = False
+    return model.train().to(device), new_ids
 
 
 def _embedding_name(model) -> str:
@@ -707,7 +738,9 @@ class Run:
         if config.gradient_checkpointing:
             set_checkpointing(model, False)
         adapter = lora and not (config.merge and not sharded)
-        meta = model_meta(config.stage, self.tok.k, adapter, config.model, len(self.tok),
+        previous = continued_adapter(config)
+        base = previous["base_model"] if previous and adapter else config.model
+        meta = model_meta(config.stage, self.tok.k, adapter, base, len(self.tok),
                           method=config.method, new_token_ids=[self.new_ids[0], self.new_ids[-1]]
                           if self.new_ids else None)
         files = {CONFIG_FILE: dump_yaml(config)}

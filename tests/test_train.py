@@ -196,6 +196,31 @@ def test_lora_on_a_new_vocabulary_trains_the_new_rows_and_merges(data, tmp_path)
                               atol=1e-3)
 
 
+def test_a_lora_stage_on_an_adapter_continues_it_over_the_same_base(data, tmp_path):
+    """Stages 2 and 3 with LoRA end as one adapter over the base (the embedded default)."""
+    common = dict(batch_size=2, max_steps=3, lr=1e-2, eval_fraction=0.0, lora_dropout=0.0,
+                  method="lora", lora_r=4)
+    s2, s3 = tmp_path / "s2", tmp_path / "s3"
+    train(stage="cross-modal", model=str(data["base"]), data=[str(data["2"])], output=str(s2),
+          **common)
+    train(stage="chain-of-modality", model=str(s2), data=[str(data["3"])], output=str(s3),
+          **{**common, "lora_r": 8})  # the adapter's own rank is kept
+    meta2 = json.loads((s2 / MODEL_META).read_text())
+    meta3 = json.loads((s3 / MODEL_META).read_text())
+    assert meta3["adapter"] and meta3["base_model"] == meta2["base_model"] == str(data["base"])
+    assert meta3["new_token_ids"] == meta2["new_token_ids"]
+    assert json.loads((s3 / "adapter_config.json").read_text())["r"] == 4
+    from safetensors.torch import load_file
+
+    w2, w3 = (load_file(str(d / "adapter_model.safetensors")) for d in (s2, s3))
+    assert w2.keys() == w3.keys()
+    assert any(not torch.equal(w2[n], w3[n]) for n in w2 if "lora_B" in n)
+    assert any(not torch.equal(w2[n], w3[n]) for n in w2 if "token" in n)  # new rows trained
+    ids = [1, 2000, 2005, 3001]
+    assert not torch.allclose(logits(load_model_dir(str(s2))[0], ids),
+                              logits(load_model_dir(str(s3))[0], ids), atol=1e-4)
+
+
 def test_config_file_flags_override_and_example_configs(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("stage: cross-modal\nlr: 1.0e-4\nlora-r: 4\ndata: [a, b]\n")
