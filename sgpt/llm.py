@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from sgpt import __version__
+from sgpt.default import is_pypi, resolve_pypi, resolve_reference
 from sgpt.errors import CheckpointError, first_line
 from sgpt.files import write_json
 
@@ -173,10 +174,11 @@ def load_causal_lm(source: str, *, dtype: torch.dtype = torch.float32,
     """A transformers causal LM from a directory or a GGUF file, on ``device``.
 
     ``source`` may also be an sgpt adapter directory: its base is loaded and the adapter
-    merged in. With ``vocab_size`` larger than the model's embeddings, they are resized
-    (mean init, tied weights kept tied: see ``resize_embeddings``).
+    merged in, or ``pypi:DIST/RELPATH``, a file of an installed distribution (see
+    ``sgpt.default.resolve_pypi``). With ``vocab_size`` larger than the model's embeddings,
+    they are resized (mean init, tied weights kept tied: see ``resize_embeddings``).
     """
-    source = str(source)
+    source = resolve_reference(str(source))
     meta = read_meta(source) if os.path.isdir(source) else None
     if meta is not None and meta.get("adapter"):
         model, _ = load_model_dir(source, dtype=dtype, device=device)
@@ -210,10 +212,13 @@ def _infer_meta(path: str, adapter: str | None) -> dict:
 
 
 def resolve_base(meta: dict, path: str) -> str:
-    """Where an adapter directory's base model is: as recorded, else absolute, else beside."""
+    """Where an adapter directory's base model is: as recorded, else absolute, else beside;
+    ``pypi:DIST/RELPATH`` is a file of an installed distribution (the embedded default's)."""
     recorded = meta.get("base_model")
     if not isinstance(recorded, str) or not recorded:
         raise CheckpointError(f"{path}/{MODEL_META}: an adapter without 'base_model'")
+    if is_pypi(recorded):
+        return resolve_pypi(recorded)
     for candidate in (recorded, meta.get("base_model_path"),
                       os.path.join(path, recorded)):
         if candidate and os.path.exists(candidate):
@@ -295,7 +300,7 @@ def model_meta(stage: str, k: int, adapter: bool, base_model: str, vocab_size: i
     meta = {"format": MODEL_FORMAT, "version": 1, "stage": stage, "k": int(k),
             "adapter": bool(adapter), "base_model": base_model, "sgpt_version": __version__,
             "vocab_size": int(vocab_size)}
-    if adapter:
+    if adapter and not is_pypi(base_model):
         meta["base_model_path"] = os.path.abspath(base_model)
     meta.update(extra)
     return meta
