@@ -19,11 +19,12 @@ from sgpt.cli.common import (
     shard_items,
     shard_option,
 )
+from sgpt.cli.defaults import embedded_default
 from sgpt.errors import RecordError, SgptError
 
 TOOL = "sgpt-generate"
 
-NO_DEFAULT = ("no model given and no embedded default is installed yet: pass --model DIR, "
+NO_DEFAULT = ("no model given and no embedded default is installed: pass --model DIR, "
               "a model directory of sgpt-train or a transformers one with an extended "
               "tokenizer (the published SpeechGPT-7B-cm, with --adapter SpeechGPT-7B-com "
               "for chain-of-modality answers)")
@@ -167,9 +168,10 @@ def speech_options(fn):
     fn = click.option("--units-checkpoint", type=click.Path(),
                       help="-i: HuBERT/mHuBERT checkpoint (as for sgpt-units "
                            "--checkpoint).")(fn)
-    return click.option("--units-encoder", type=click.Choice(["hubert", "mfcc"]),
+    return click.option("--units-encoder", type=click.Choice(["hubert", "mfcc", "whisper"]),
                         help="-i: dense features for audio questions (default hubert when "
-                             "--units-checkpoint is given).")(fn)
+                             "--units-checkpoint is given). With no --model and no --units-* "
+                             "flags: the embedded default's encoder and k-means.")(fn)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -180,7 +182,8 @@ def speech_options(fn):
 @click.option("-m", "--model", metavar="DIR",
               help="Model: an sgpt-train directory, or a transformers directory whose "
                    "tokenizer is extended (SpeechGPT-7B-cm), or a .gguf file (with "
-                   "--tokenizer).")
+                   "--tokenizer). Default: the embedded default's model (a small "
+                   "demonstration; $SGPT_DEFAULT names another, 'none' turns it off).")
 @click.option("--adapter", metavar="DIR",
               help="A PEFT adapter applied on top (the published SpeechGPT-7B-com goes on "
                    "SpeechGPT-7B-cm).")
@@ -243,10 +246,21 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
           | sgpt-generate --model out/stage3 --greedy
       sgpt-generate --model out/stage3 -i --units-checkpoint mhubert.pt \\
           --units-kmeans km1000.bin --vocoder unit_hifigan_dir
+      sgpt-units q.wav | sgpt-generate | sgpt-vocode -o answers/   # the embedded default
+
+    With no --model, the embedded default (a small demonstration model) answers, and one
+    note on stderr says so; with -i, its speech encoder and vocoder too.
     """
     reporter = Reporter(TOOL, strict)
     if model is None:
-        raise click.UsageError(NO_DEFAULT)
+        if adapter is not None or tokenizer is not None:
+            raise click.UsageError("--adapter and --tokenizer go with --model")
+        found = embedded_default(TOOL, "--model DIR", NO_DEFAULT)
+        model = str(found.model)
+        if interactive and not (units_encoder or units_checkpoint or units_kmeans):
+            units_encoder, units_kmeans = found.encoder, str(found.kmeans)
+        if interactive and not (vocoder or vocoder_config):
+            vocoder = str(found.vocoder)
     from sgpt.generate import Sampling
 
     sampling = Sampling(greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,

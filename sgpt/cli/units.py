@@ -22,6 +22,7 @@ from sgpt.cli.common import (
     shard_items,
     shard_option,
 )
+from sgpt.cli.defaults import embedded_default
 from sgpt.errors import AudioError, RecordError, SgptError
 from sgpt.records import FORMATS, RecordWriter, parse_line
 
@@ -30,10 +31,12 @@ TOOL = "sgpt-units"
 # Audio is read ahead in windows of this many batches, so batches can be sorted by length.
 WINDOW_BATCHES = 4
 
-NO_DEFAULT = ("no encoder given and no embedded default is installed yet: pass "
-              "--encoder mfcc --kmeans CENTROIDS.npy, or --encoder hubert --checkpoint "
-              "mhubert_base_vp_en_es_fr_it3.pt --layer 11 --kmeans "
-              "mhubert_base_vp_en_es_fr_it3_L11_km1000.bin")
+REAL = ("--encoder mfcc|whisper --kmeans CENTROIDS.npy, or --encoder hubert --checkpoint "
+        "mhubert_base_vp_en_es_fr_it3.pt --layer 11 --kmeans "
+        "mhubert_base_vp_en_es_fr_it3_L11_km1000.bin")
+NO_DEFAULT = f"no encoder given and no embedded default is installed: pass {REAL}"
+NO_ENCODER = f"no encoder given: pass {REAL}"
+DEFAULT_FLAGS = "--checkpoint/--kmeans"
 
 
 @dataclass
@@ -188,8 +191,34 @@ def input_options(fn):
 
 def _dense_choice(encoder: str | None, checkpoint: str | None) -> str:
     if encoder is None and checkpoint is None:
-        raise click.UsageError(NO_DEFAULT)
+        raise click.UsageError(NO_ENCODER)
     return encoder or "hubert"
+
+
+def _encode_choice(encoder: str | None, checkpoint: str | None, kmeans: str | None
+                   ) -> tuple[str, str]:
+    """(encoder, k-means) of encode: as given, or the embedded default's.
+
+    No --checkpoint and no --kmeans: the default's encoder and k-means; ``--encoder E``
+    alone too, when E is the default's encoder (its k-means is for that encoder only).
+    """
+    if kmeans is None and checkpoint is None:
+        if encoder is None:
+            found = embedded_default(TOOL, DEFAULT_FLAGS, NO_DEFAULT)
+            return found.encoder, str(found.kmeans)
+        from sgpt.default import installed, load_default
+
+        if installed() and load_default().encoder == encoder:
+            found = embedded_default(TOOL, DEFAULT_FLAGS, NO_DEFAULT)
+            return found.encoder, str(found.kmeans)
+    if kmeans is None:
+        raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units"
+                               + ("" if checkpoint else " (the embedded default's k-means is "
+                                  "for its own encoder only)"))
+    if encoder is None and checkpoint is None:
+        raise click.UsageError("--kmeans needs the encoder whose features it clusters: "
+                               "--encoder mfcc|whisper, or --checkpoint HUBERT.pt")
+    return encoder or "hubert", kmeans
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,6 +234,7 @@ def cli():
     \b
     Example:
       sgpt-units --checkpoint mhubert.pt --kmeans km1000.bin q.wav | sgpt-generate
+      sgpt-units q.wav | sgpt-generate | sgpt-vocode -o answers/   # the embedded default
     """
 
 
@@ -212,7 +242,9 @@ def cli():
 @encoder_options
 @click.option("--kmeans", type=click.Path(),
               help="k-means centroids: the published sklearn .bin (read without sklearn) "
-                   "or our .npy [k, dim].")
+                   "or our .npy [k, dim]. Default, with no --checkpoint: the embedded "
+                   "default's encoder and k-means ($SGPT_DEFAULT names another default, "
+                   "'none' turns it off).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True,
               help="jsonl records, speechgpt <sosp><u>..<eosp> lines, or fairseq 'u u' lines.")
 @click.option("--no-dedup", is_flag=True, help="Keep runs of repeated units (no durations).")
@@ -233,17 +265,20 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
     key, one per line. Each record gets 'units', 'durations' (unless --no-dedup) and
     'units_meta'; the keys of input records pass through.
 
+    With no --kmeans and no --checkpoint (and no --encoder, or the default's own), the
+    embedded default's encoder and k-means make the units sgpt-generate's default model
+    reads, and one note on stderr says so.
+
     \b
     Examples:
+      sgpt-units question.wav | sgpt-generate | sgpt-vocode -o answers/
       sgpt-units --checkpoint mhubert_base_vp_en_es_fr_it3.pt --layer 11 \\
           --kmeans mhubert_base_vp_en_es_fr_it3_L11_km1000.bin a.wav b.flac
       find corpus -name '*.flac' | sgpt-units --encoder mfcc --kmeans km.npy \\
           --format speechgpt -o units.txt
     """
     reporter = Reporter(TOOL, strict)
-    dense = _dense_choice(encoder, checkpoint)
-    if kmeans is None:
-        raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units")
+    dense, kmeans = _encode_choice(encoder, checkpoint, kmeans)
     shard_index = parse_shard(shard)
     items = shard_items(gather_items(inputs, manifest, reporter), shard_index)
     if output != "-":

@@ -22,11 +22,12 @@ from sgpt.cli.common import (
     run_options,
     run_tool,
 )
+from sgpt.cli.defaults import embedded_default
 from sgpt.errors import RecordError, SgptError
 
 TOOL = "sgpt-vocode"
 
-NO_DEFAULT = ("no vocoder given and no embedded default is installed yet: pass --vocoder DIR "
+NO_DEFAULT = ("no vocoder given and no embedded default is installed: pass --vocoder DIR "
               "(a directory holding g_XXXXXXXX and config.json, such as the published "
               "unit_hifigan_mhubert_vp_en_es_fr_it3_400k_layer11_km1000_lj_dur) or "
               "--vocoder g_XXXXXXXX --config config.json")
@@ -191,7 +192,9 @@ def cli():
 @cli.command()
 @click.option("--vocoder", metavar="DIR|G_FILE",
               help="Unit HiFi-GAN: a directory holding g_XXXXXXXX (the newest is used) and "
-                   "config.json, or a g_XXXXXXXX file (config.json beside it, or --config).")
+                   "config.json, or a g_XXXXXXXX file (config.json beside it, or --config). "
+                   "Default: the embedded default's vocoder (a small demonstration; "
+                   "$SGPT_DEFAULT names another, 'none' turns it off).")
 @click.option("--config", "config_file", metavar="config.json", type=click.Path(),
               help="The vocoder's config.json, when it is not beside the g_ file.")
 @click.option("-o", "--output", metavar="DIR|-",
@@ -231,10 +234,12 @@ def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, ch
       sgpt-units --checkpoint mhubert.pt --kmeans km1000.bin a.wav \\
           | sgpt-vocode --vocoder unit_hifigan_dir -o resynth/
       sgpt-vocode --vocoder g_00500000 --config config.json -o - units.km | sox - out.flac
+      sgpt-units q.wav | sgpt-generate | sgpt-vocode -o answers/   # the embedded default
+
+    With no --vocoder, the embedded default's vocoder (a small demonstration model) speaks,
+    and one note on stderr says so.
     """
     reporter = Reporter(TOOL, strict)
-    if vocoder is None:
-        raise click.UsageError(NO_DEFAULT)
     if output is None:
         raise click.UsageError("pass -o DIR (DIR/{id}.wav, records on stdout) or -o - (one "
                                "WAV stream on stdout)")
@@ -243,6 +248,10 @@ def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, ch
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     sources = _inputs(inputs)
+    if vocoder is None:
+        if config_file is not None:
+            raise click.UsageError("--config goes with --vocoder g_XXXXXXXX")
+        vocoder = str(embedded_default(TOOL, "--vocoder DIR", NO_DEFAULT).vocoder)
 
     from sgpt.device import resolve_device, resolve_dtype
     from sgpt.hifigan import load_vocoder
