@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# The main job, until the embedded default model exists: speech -> units.
-# espeak-ng speaks a few sentences; sgpt-units learns k-means over their weights-free MFCC
-# features, then encodes a spoken question into SpeechGPT units.
+# The main job: ask the embedded default model a spoken question, get a spoken answer.
+#   scripts/demo.sh [OUT [QUESTION]]
+# espeak-ng speaks QUESTION; sgpt-units turns it into units, sgpt-generate answers (the
+# transcript, a text answer and a spoken answer as units) and sgpt-vocode speaks the answer.
+# No tool gets a model flag: each uses the embedded default (SGPT_DEFAULT=DIR names another
+# directory of its layout). Prints three lines: the transcript, the text answer and the wav.
 set -euo pipefail
 out=${1:-out}
-mkdir -p "$out/speech"
-sentences=(
-    "the quick brown fox jumps over the lazy dog"
-    "speech units let a language model listen and speak"
-    "please tell me the weather for tomorrow morning"
-    "a rainbow is made of sunlight and rain"
-    "she sells sea shells by the sea shore"
-)
-voices=(en-us en-gb en-us+f3 en-gb+m3 en-us+f2)
-for i in "${!sentences[@]}"; do
-    espeak-ng -v "${voices[$i]}" -w "$out/speech/s$i.wav" "${sentences[$i]}"
-done
-sgpt-units learn-kmeans --encoder mfcc -k 50 --seed 0 -o "$out/km50.npy" "$out"/speech/*.wav
-espeak-ng -w "$out/question.wav" "what is the capital of france"
-sgpt-units --encoder mfcc --kmeans "$out/km50.npy" "$out/question.wav" \
-    | tee "$out/question.units.jsonl"
-sgpt-units --encoder mfcc --kmeans "$out/km50.npy" --format speechgpt "$out/question.wav"
+question=${2:-What is the capital of France?}
+mkdir -p "$out"
+echo "demo: asking \"$question\" ($out/question.wav)" >&2
+espeak-ng -w "$out/question.wav" "$question"
+status=0
+sgpt-units "$out/question.wav" | sgpt-generate | tee "$out/answer.jsonl" \
+    | sgpt-vocode --overwrite -o "$out/answers" >"$out/spoken.jsonl" || status=$?
+# what the records say, even when the vocoder failed (the text answer is still there)
+python3 - "$out/answer.jsonl" "$out/spoken.jsonl" <<'EOF'
+import json
+import sys
+
+
+def first(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return next((json.loads(line) for line in f if line.strip()), {})
+    except OSError:
+        return {}
+
+
+answer, spoken = first(sys.argv[1]), first(sys.argv[2])
+print("transcript:", answer.get("transcript", "(none)"))
+print("answer:", answer.get("text", "(none)"))
+print("speech:", spoken.get("audio", "(none)"))
+EOF
+exit "$status"
