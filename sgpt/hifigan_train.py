@@ -64,6 +64,11 @@ TRAIN_DEFAULTS = {
     # not a speech-resynthesis key: discriminators with 1/D of the published channels
     # (D in 1, 2, 4, 8), for quick experiments on a CPU; 1 keeps the do_ layout theirs.
     "discriminator_channel_divisor": 1,
+    # not a speech-resynthesis key either: updates of the generator alone on the mel (and
+    # duration) loss before the discriminators join, as ParallelWaveGAN's
+    # discriminator_train_start_steps. Each costs about a third of a full update, and the
+    # waveform becomes intelligible long before the adversarial losses pay. 0: from the start.
+    "discriminator_start_step": 0,
 }
 
 
@@ -635,6 +640,11 @@ class Trainer:
         with self.autocast():
             y_hat, loss_dur = self.generate(codes, speakers)
         y_hat_mel = self.mel(y_hat[:, 0].float())
+        mel_error = F.l1_loss(y_mel, y_hat_mel)
+        log = {"step": index + 1, "epoch": self.epoch, "lr": lr,
+               "mel_error": mel_error.item()}
+        if index < h["discriminator_start_step"]:
+            return self._update_generator(mel_error * 45, loss_dur, log)
 
         self.optim_d.zero_grad(set_to_none=True)
         with self.autocast():
@@ -644,23 +654,24 @@ class Trainer:
         loss_disc.backward()
         self.optim_d.step()
 
-        self.optim_g.zero_grad(set_to_none=True)
-        mel_error = F.l1_loss(y_mel, y_hat_mel)
         with self.autocast():
             _, fake_f, fmap_fr, fmap_fg = self.mpd(y, y_hat)
             _, fake_s, fmap_sr, fmap_sg = self.msd(y, y_hat)
         loss_fm = feature_loss(fmap_fr, fmap_fg) + feature_loss(fmap_sr, fmap_sg)
         loss_adv = generator_loss(fake_f) + generator_loss(fake_s)
-        loss_gen = loss_adv + loss_fm + mel_error * 45
+        log.update(loss_fm=loss_fm.item(), loss_adv=loss_adv.item(),
+                   loss_disc=loss_disc.item())
+        return self._update_generator(loss_adv + loss_fm + mel_error * 45, loss_dur, log)
+
+    def _update_generator(self, loss_gen: torch.Tensor, loss_dur: torch.Tensor,
+                          log: dict) -> dict:
         if self.generator.dur_predictor is not None:
-            loss_gen = loss_gen + loss_dur * h["dur_prediction_weight"]
+            loss_gen = loss_gen + loss_dur * self.cfg.extra["dur_prediction_weight"]
+        self.optim_g.zero_grad(set_to_none=True)
         loss_gen.backward()
         self.optim_g.step()
         self.steps += 1
-        return {"step": self.steps, "epoch": self.epoch, "lr": lr,
-                "loss_gen_all": loss_gen.item(), "mel_error": mel_error.item(),
-                "loss_fm": loss_fm.item(), "loss_adv": loss_adv.item(),
-                "loss_disc": loss_disc.item(), "loss_dur": loss_dur.item()}
+        return {**log, "loss_gen_all": loss_gen.item(), "loss_dur": loss_dur.item()}
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -696,8 +707,10 @@ class Trainer:
                 if self.steps % opts.log_interval == 0 or last or self.steps == 1:
                     log.write(json.dumps(entry) + "\n")
                     log.flush()
+                    disc = (f"disc {entry['loss_disc']:.3f}" if "loss_disc" in entry
+                            else "no discriminators yet")
                     self.info(f"step {self.steps}: gen {entry['loss_gen_all']:.3f} "
-                              f"mel {entry['mel_error']:.3f} disc {entry['loss_disc']:.3f} "
+                              f"mel {entry['mel_error']:.3f} {disc} "
                               f"dur {entry['loss_dur']:.3f} ({entry['seconds']:.2f} s/step)")
                 if self.steps % opts.checkpoint_interval == 0 or last:
                     self.save()

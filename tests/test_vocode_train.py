@@ -258,3 +258,28 @@ def test_prune_leaves_later_and_foreign_files(tmp_path):
         "do_00000009", "do_notes", "g_00000003", "g_00000009", "g_best"]
     (tmp_path / "do_00000002").write_bytes(b"x")
     assert prune_checkpoints(str(tmp_path), 3, keep=None) == ["do_00000002"]
+
+
+def test_generator_alone_before_discriminator_start_step(data, tmp_path):
+    """discriminator_start_step: the first updates train the generator on the mel (and
+    duration) loss alone; the discriminators start learning at that step."""
+    d, records = data
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                    "discriminator_start_step": 2}))
+    opts = TrainOptions(output=str(tmp_path / "warm"), steps=2, batch_size=2,
+                        segment_size=960, checkpoint_interval=1, log_interval=1)
+    cfg = training_config(opts, str(cfg_file))
+    trainer = Trainer(cfg, opts, torch.device("cpu"), None, info=lambda _: None)
+    disc = {n: p.detach().clone() for n, p in trainer.mpd.named_parameters()}
+    gen = {n: p.detach().clone() for n, p in trainer.generator.named_parameters()}
+    examples = [make_example(r, cfg) for r in records[:2]]
+    entry = trainer.train(examples)
+    assert "loss_disc" not in entry and entry["loss_gen_all"] == pytest.approx(
+        45 * entry["mel_error"] + entry["loss_dur"], rel=1e-5)
+    assert all(torch.equal(p, disc[n]) for n, p in trainer.mpd.named_parameters())
+    assert any(not torch.equal(p, gen[n]) for n, p in trainer.generator.named_parameters())
+    trainer.opts.steps = 3  # the third update (index 2) is a full one
+    entry = trainer.train(examples)
+    assert "loss_disc" in entry and entry["step"] == 3
+    assert any(not torch.equal(p, disc[n]) for n, p in trainer.mpd.named_parameters())
