@@ -18,11 +18,15 @@ def main() -> None:
     ap.add_argument("--segment-size", type=int, default=8960)
     ap.add_argument("--disc-divisor", type=int, default=1, choices=(1, 2, 4, 8),
                     help="discriminators with 1/D of the published channels (CPU runs)")
+    ap.add_argument("--learning-rate", type=float, default=0.0002)
+    ap.add_argument("--disc-start", type=int, default=0,
+                    help="updates of the generator alone (mel loss) before the discriminators")
     args = ap.parse_args()
     cfg = dict(MHUBERT_KM1000_CONFIG)
     cfg.update(num_embeddings=args.k, upsample_initial_channel=args.channels,
                batch_size=args.batch_size, segment_size=args.segment_size, num_workers=0,
-               discriminator_channel_divisor=args.disc_divisor)
+               discriminator_channel_divisor=args.disc_divisor,
+               learning_rate=args.learning_rate, discriminator_start_step=args.disc_start)
     print(json.dumps(cfg, indent=2))
 
 
