@@ -320,3 +320,28 @@ def test_an_adapter_whose_pypi_base_is_missing_says_what_to_install(fabricated, 
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith("sgpt-generate: error: pypi:sgpt-no-such-dist/base.gguf: "
                                "the distribution sgpt-no-such-dist is not installed")
+
+
+def test_interactive_with_no_model_flags_hears_and_speaks_with_the_default(fabricated,
+                                                                           tmp_path):
+    r = run_tool("sgpt-generate", "-i", "--wav-dir", tmp_path, input=f"{fabricated['wav']}\n",
+                 env=fabricated["env"])
+    assert r.returncode == 0, r.stderr
+    assert len(notes(r.stderr)) == 1
+    assert r.stdout.splitlines() == [f"transcript: {QUESTION}", "answer: Paris.",
+                                     f"speech: {tmp_path / 'answer-1.wav'}"]
+    assert sf.info(str(tmp_path / "answer-1.wav")).frames > 0
+
+
+def test_a_pypi_base_loads_like_its_path(fabricated, monkeypatch):
+    """sgpt-train --model pypi:DIST/RELPATH trains on it and records the reference."""
+    from sgpt.llm import load_causal_lm
+
+    site = fabricated["env"]["PYTHONPATH"]
+    monkeypatch.syspath_prepend(site)
+    ref = f"pypi:{BASE_DIST}/tiny_base/llm"
+    assert resolve_pypi(ref) == str(Path(site) / "tiny_base" / "llm")
+    by_ref, by_path = load_causal_lm(ref), load_causal_lm(resolve_pypi(ref))
+    ids = torch.tensor([[1, 5, 2050]])
+    with torch.no_grad():
+        assert torch.equal(by_ref(ids).logits, by_path(ids).logits)
