@@ -5,7 +5,10 @@
 # count those records as missing answers. Any other failure, or no output at all, stops here.
 out=$1
 shift
-rm -f "$out.seconds"
+# make runs this only when OUTPUT is missing or older than its inputs: a finished OUTPUT is
+# stale then, and the tools would "resume" from it (skip every id it holds); a killed run's
+# OUTPUT.partial is kept, and resumed
+rm -f "$out" "$out.seconds"
 resumed=
 if [ -e "$out.partial" ]; then resumed=yes; fi
 start=$(date +%s.%N)
