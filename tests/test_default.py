@@ -345,3 +345,24 @@ def test_a_pypi_base_loads_like_its_path(fabricated, monkeypatch):
     ids = torch.tensor([[1, 5, 2050]])
     with torch.no_grad():
         assert torch.equal(by_ref(ids).logits, by_path(ids).logits)
+
+
+def test_a_whisper_default_encodes_with_whisper_base(fabricated, tmp_path):
+    """The shipped default's encoder: Whisper base (CTranslate2) with its own k-means."""
+    root = tmp_path / "whisper-default"
+    root.mkdir()
+    np.save(root / "kmeans.npy",
+            np.random.default_rng(1).standard_normal((K, 512)).astype(np.float32))
+    data = json.loads((fabricated["root"] / "default.json").read_text())
+    data.update(encoder="whisper", model=str(fabricated["root"] / "model"),
+                vocoder=str(fabricated["root"] / "vocoder"))
+    (root / "default.json").write_text(json.dumps(data))
+    env = {**fabricated["env"], "SGPT_DEFAULT": str(root)}
+    r = run_tool("sgpt-units", "--encoder", "whisper", fabricated["wav"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(notes(r.stderr)) == 1
+    (rec,) = records(r.stdout)
+    assert rec["units_meta"]["encoder"] == "whisper:base" and rec["units_meta"]["k"] == K
+    assert rec["units"] and all(0 <= u < K for u in rec["units"])
+    r = run_tool("sgpt-units", "--encoder", "mfcc", fabricated["wav"], env=env)
+    assert r.returncode == 2 and "for its own encoder only" in r.stderr
