@@ -323,8 +323,9 @@ def _audio(record: dict | None, key: str = "audio") -> str | None:
 
 
 def judge_original(original: list[dict], ids: Iterable[str], judge, text_key: str,
-                   errors: list[RecordError]) -> dict | None:
-    """The judge's WER on the original recordings (``audio`` + ``text_key``) of ``ids``."""
+                   errors: list[RecordError], group_by: str | None = None) -> dict | None:
+    """The judge's WER on the original recordings (``audio`` + ``text_key``) of ``ids``
+    (with ``group_by``: also per value of that key of the original records)."""
     wanted = set(ids)
     recs = []
     for r in original:
@@ -340,16 +341,18 @@ def judge_original(original: list[dict], ids: Iterable[str], judge, text_key: st
     if not recs:
         return None
     hyps, failed = transcribe_each(judge, [r["audio"] for r in recs])
-    refs, kept = [], []
+    rows, sources = [], []
     for i, (r, h) in enumerate(zip(recs, hyps)):
         if h is None:
             errors.append(RecordError(r["id"], f"original audio: {failed[i]}"))
             continue
-        refs.append(r[text_key])
-        kept.append(h)
-    if not refs:
+        rows.append({"reference": r[text_key], "hypothesis": h})
+        sources.append(r)
+    if not rows:
         return None
-    out = _wer_summary(refs, kept)
+    out = _wer_summary([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+    if group_by:
+        out["groups"] = _groups(rows, group_by, sources)
     out["missing"] = sorted(wanted - {r["id"] for r in recs})
     return out
 
@@ -403,7 +406,7 @@ def score_judged(answers: list[dict], judge, references: list[dict] | None = Non
             summary["groups"] = _groups(rows, group_by, sources)
         if original is not None:
             orig = judge_original(original, [r["id"] for r in rows], judge, original_key,
-                                  errors)
+                                  errors, group_by)
             if orig is not None:
                 summary["original"] = orig
                 summary["ratio_to_original"] = _ratio(summary["wer"], orig["wer"])

@@ -181,8 +181,12 @@ def test_judged_wer_beside_the_original_audio(tmp_path):
     original = [{"id": "a", "audio": str(tmp_path / "oa.wav"), "text": "The old red door."},
                 {"id": "b", "audio": str(tmp_path / "ob.wav"), "text": "A heavy box."},
                 {"id": "c", "audio": "elsewhere.wav", "text": "not scored: no answer"}]
-    s = score_judged(answers, CommandJudge(cmd), original=original)
+    for r in original + answers:  # sgpt-generate passes 'voice' through
+        r["voice"] = "v-" + r["id"]
+    s = score_judged(answers, CommandJudge(cmd), original=original, group_by="voice")
     assert s.summary["wer"] == pytest.approx(2 / 7)  # 1 deletion + 1 substitution
+    assert s.summary["groups"]["v-a"]["wer"] == pytest.approx(1 / 4)
+    assert set(s.summary["original"]["groups"]) == {"v-a", "v-b"}
     assert s.summary["original"]["wer"] == 0 and s.summary["original"]["utterances"] == 2
     assert s.summary["ratio_to_original"] is None  # a perfect original: no finite ratio
     original[1]["audio"] = str(tmp_path / "a.wav")  # the judge now errs on the original too
