@@ -128,9 +128,37 @@ def load_default() -> Default:
         raise CheckpointError(f"{f}: 'k' must be a positive integer")
     recipe = text("recipe", "examples/tiny")
     description = text("note", f"a small demonstration model trained by {recipe}")
-    return Default(root=root.resolve(), encoder=encoder, kmeans=path("kmeans", "file"), k=k,
-                   model=path("model", "directory"), vocoder=path("vocoder", "directory"),
-                   recipe=recipe, description=description, from_env=from_env)
+    found = Default(root=root.resolve(), encoder=encoder, kmeans=path("kmeans", "file"), k=k,
+                    model=path("model", "directory"), vocoder=path("vocoder", "directory"),
+                    recipe=recipe, description=description, from_env=from_env)
+    _check_k(f, found)
+    return found
+
+
+def _check_k(f: Path, found: Default) -> None:
+    """The k-means and the model have default.json's k, and the vocoder knows at least k
+    units: what one part makes the next must read (caught here, named, before any work)."""
+    import numpy as np
+
+    counts: list[tuple[str, int, bool]] = []  # (what says it, how many units, exactly k?)
+    if found.kmeans.suffix == ".npy":
+        try:
+            rows = np.load(found.kmeans, mmap_mode="r").shape[0]
+        except (ValueError, OSError, IndexError):
+            raise CheckpointError(f"{f}: its kmeans file {found.kmeans} is not a .npy array"
+                                  ) from None
+        counts.append((f"{found.kmeans} has", rows, True))
+    for desc, key, exact in ((found.model / "sgpt_model.json", "k", True),
+                             (found.vocoder / "config.json", "num_embeddings", False)):
+        try:
+            value = json.loads(desc.read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue  # its own loader names what is wrong with it
+        if isinstance(value, int):
+            counts.append((f"{desc} says", value, exact))
+    for where, n, exact in counts:
+        if n < found.k or (exact and n != found.k):
+            raise CheckpointError(f"{f}: k is {found.k}, but {where} {n} units")
 
 
 def is_pypi(ref: str) -> bool:

@@ -224,6 +224,10 @@ def broken_defaults(fabricated, tmp: Path):
 
     empty = tmp / "empty"
     empty.mkdir()
+    small = tmp / "small-vocoder"  # a vocoder that knows fewer units than the model makes
+    small.mkdir()
+    config = json.loads((fabricated["root"] / "vocoder" / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "num_embeddings": K - 1}))
     return [
         (tmp / "nowhere", "no such default directory"),
         (empty, "default.json: missing: not a default directory"),
@@ -235,6 +239,10 @@ def broken_defaults(fabricated, tmp: Path):
         (with_data("nomodel", model=None), "'model' must be a non-empty string"),
         (with_data("gone", kmeans="km.npy"), "its kmeans file"),
         (with_data("file", vocoder="default.json"), "its vocoder directory"),
+        (with_data("k51", k=K + 1), f"k is {K + 1}, but {fabricated['root']}/kmeans.npy has "
+                                    f"{K} units"),
+        (with_data("k49", vocoder=str(small)), f"k is {K}, but {small}/config.json says "
+                                               f"{K - 1} units"),
     ]
 
 
