@@ -186,7 +186,7 @@ def test_usage_errors_around_the_default(fabricated, tmp_path):
     # the default's k-means is for its own encoder only
     r = run_tool("sgpt-units", "--encoder", "whisper", wav, env=env)
     assert r.returncode == 2 and "--kmeans CENTROIDS is needed" in r.stderr
-    assert "for its own encoder only" in r.stderr and not notes(r.stderr)
+    assert "k-means is for --encoder mfcc only" in r.stderr and not notes(r.stderr)
     r = run_tool("sgpt-units", "--kmeans", fabricated["root"] / "kmeans.npy", wav, env=env)
     assert r.returncode == 2 and "--encoder mfcc|whisper, or --checkpoint" in r.stderr
     r = run_tool("sgpt-generate", "--adapter", tmp_path, input="1 2\n", env=env)
@@ -373,4 +373,4 @@ def test_a_whisper_default_encodes_with_whisper_base(fabricated, tmp_path):
     assert rec["units_meta"]["encoder"] == "whisper:base" and rec["units_meta"]["k"] == K
     assert rec["units"] and all(0 <= u < K for u in rec["units"])
     r = run_tool("sgpt-units", "--encoder", "mfcc", fabricated["wav"], env=env)
-    assert r.returncode == 2 and "for its own encoder only" in r.stderr
+    assert r.returncode == 2 and "k-means is for --encoder whisper only" in r.stderr

@@ -202,19 +202,18 @@ def _encode_choice(encoder: str | None, checkpoint: str | None, kmeans: str | No
     No --checkpoint and no --kmeans: the default's encoder and k-means; ``--encoder E``
     alone too, when E is the default's encoder (its k-means is for that encoder only).
     """
-    if kmeans is None and checkpoint is None:
-        if encoder is None:
-            found = embedded_default(TOOL, DEFAULT_FLAGS, NO_DEFAULT)
-            return found.encoder, str(found.kmeans)
-        from sgpt.default import installed, load_default
+    from sgpt.default import installed, load_default
 
-        if installed() and load_default().encoder == encoder:
+    if kmeans is None and checkpoint is None:
+        own = load_default().encoder if encoder is not None and installed() else None
+        if encoder is None or encoder == own:
             found = embedded_default(TOOL, DEFAULT_FLAGS, NO_DEFAULT)
             return found.encoder, str(found.kmeans)
-    if kmeans is None:
         raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units"
-                               + ("" if checkpoint else " (the embedded default's k-means is "
-                                  "for its own encoder only)"))
+                               + (f" (the embedded default's k-means is for --encoder {own} "
+                                  "only)" if own else ""))
+    if kmeans is None:
+        raise click.UsageError("--kmeans CENTROIDS is needed to turn features into units")
     if encoder is None and checkpoint is None:
         raise click.UsageError("--kmeans needs the encoder whose features it clusters: "
                                "--encoder mfcc|whisper, or --checkpoint HUBERT.pt")
