@@ -386,7 +386,8 @@ def test_makefile_runs_every_target_on_a_tiny_random_model(tmp_path, tiny_model)
     judge = fake_judge(tmp_path, {"s1.wav": "the red door is open", "s2.wav": "my sister"})
     bin_dir = str(Path(sys.executable).parent) + "/"
     args = [f"MODEL={model}", "ENCODER=mfcc", f"KMEANS={kmeans}", f"VOCODER={vocoder}",
-            f"SENTENCES={sentences}", f"QA={qa}", f"AUDIO_ROOT={data}", f"OUT={out}",
+            f"SENTENCES={sentences}", f"TTS_SENTENCES={sentences}", f"QA={qa}",
+            f"AUDIO_ROOT={data}", f"OUT={out}",
             f"JUDGE_CMD={judge}", "MAX_NEW_TOKENS=24", "DEVICE=cpu", f"BIN={bin_dir}",
             f"PY={sys.executable}"]
     r = subprocess.run(["make", "-C", str(ROOT / "examples" / "eval"), *args],
