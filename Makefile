@@ -1,5 +1,5 @@
 # The README's two commands:
-#   make demo   set up, then run the main job (speech -> units on a sentence espeak-ng speaks)
+#   make demo   set up, then run the main job (a spoken question to the embedded default model)
 #   make test   set up, then run the linter and the tests
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -88,6 +88,10 @@ def main() -> None:
                    "k": meta["k"], "model": "model", "vocoder": "vocoder",
                    "recipe": "examples/tiny", "note": NOTE}, f, indent=2)
         f.write("\n")
+    for d, _, names in os.walk(tmp):  # mkdtemp's 0700 and safetensors' 0600: not for a package
+        os.chmod(d, 0o755)
+        for name in names:
+            os.chmod(os.path.join(d, name), 0o644)
     if os.path.exists(dest):
         shutil.rmtree(dest)
     os.replace(tmp, dest)
