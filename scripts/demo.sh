@@ -12,7 +12,7 @@ mkdir -p "$out"
 echo "demo: asking \"$question\" ($out/question.wav)" >&2
 espeak-ng -w "$out/question.wav" "$question"
 status=0
-sgpt-units "$out/question.wav" | sgpt-generate | tee "$out/answer.jsonl" \
+sgpt-units "$out/question.wav" | sgpt-generate --greedy | tee "$out/answer.jsonl" \
     | sgpt-vocode --overwrite -o "$out/answers" >"$out/spoken.jsonl" || status=$?
 # what the records say, even when the vocoder failed (the text answer is still there)
 python3 - "$out/answer.jsonl" "$out/spoken.jsonl" <<'EOF'
