@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sgpt.errors import RecordError, SgptError, first_line
+from sgpt.instruct import dedup_units
 from sgpt.judge import (
     JudgeError,
     edit_distance,
@@ -508,18 +509,13 @@ def score_qa(answers: list[dict], judge=None, speech: list[dict] | None = None,
 # Unit-level figures
 
 
-def dedup(units: Sequence[int]) -> list[int]:
-    """Runs of a repeated unit merged into one."""
-    return [u for i, u in enumerate(units) if i == 0 or units[i - 1] != u]
-
-
 def _units(record: dict) -> list[int] | None:
     units = record.get("units")
     if not isinstance(units, list) or not units:
         return None
     meta = record.get("units_meta")
     if isinstance(meta, dict) and meta.get("dedup") is False:
-        return dedup(units)
+        return dedup_units(units)
     return list(units)
 
 

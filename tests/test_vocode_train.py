@@ -24,6 +24,7 @@ from sgpt.hifigan_train import (
     prune_checkpoints,
     training_config,
 )
+from sgpt.speech_encoder import dedup
 
 K = 16
 TRAIN = ["--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "1",
@@ -46,17 +47,6 @@ def tiny_kmeans_units(waves: list[np.ndarray], k: int = K, seed: int = 0) -> lis
             if (labels == c).any():
                 centroids[c] = every[labels == c].mean(0)
     return [torch.cdist(f, centroids).argmin(1).tolist() for f in feats]
-
-
-def dedup(frames: list[int]) -> tuple[list[int], list[int]]:
-    units, durations = [], []
-    for u in frames:
-        if units and units[-1] == u:
-            durations[-1] += 1
-        else:
-            units.append(u)
-            durations.append(1)
-    return units, durations
 
 
 @pytest.fixture(autouse=True, scope="module")
