@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sgpt.default import DEFAULT_FILE, FORMAT
+from sgpt.files import write_json
 from sgpt.hifigan_train import latest_pair
 from sgpt.llm import ADAPTER_CONFIG, MODEL_META
 from sgpt.tokenizer import META_FILE as TOKENIZER_META
@@ -31,29 +32,29 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 NOTE = "a small demonstration model (SmolLM2-135M + LoRA) trained by examples/tiny"
 
 
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def install_model(src: str, dest: str, dtype: torch.dtype) -> dict:
-    meta = json.load(open(os.path.join(src, MODEL_META), encoding="utf-8"))
+    meta = read_json(os.path.join(src, MODEL_META))
     if not meta.get("adapter"):
         raise SystemExit(f"install.py: {src} holds a full model, not an adapter")
     os.makedirs(dest)
     for name in TOKENIZER_FILES:
         if os.path.isfile(os.path.join(src, name)):
             shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
+    # the base is named as the package that installs it, not by this machine's path
     tok_meta = os.path.join(dest, TOKENIZER_META)
-    with open(tok_meta, encoding="utf-8") as f:
-        tok = json.load(f)
-    with open(tok_meta, "w", encoding="utf-8") as f:
-        json.dump({**tok, "base": BASE}, f, indent=2)  # not this machine's path
-    adapter = json.load(open(os.path.join(src, ADAPTER_CONFIG), encoding="utf-8"))
-    adapter["base_model_name_or_path"] = BASE  # not this machine's path
-    with open(os.path.join(dest, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(adapter, f, indent=2)
+    write_json(tok_meta, {**read_json(tok_meta), "base": BASE})
+    write_json(os.path.join(dest, ADAPTER_CONFIG),
+               {**read_json(os.path.join(src, ADAPTER_CONFIG)), "base_model_name_or_path": BASE})
     weights = load_file(os.path.join(src, ADAPTER_WEIGHTS))
     save_file({n: t.to(dtype) for n, t in weights.items()}, os.path.join(dest, ADAPTER_WEIGHTS))
     meta = {**meta, "base_model": BASE}
     meta.pop("base_model_path", None)
-    with open(os.path.join(dest, MODEL_META), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    write_json(os.path.join(dest, MODEL_META), meta)
     return meta
 
 
@@ -83,11 +84,10 @@ def main() -> None:
     install_vocoder(os.path.join(args.out, "vocoder"), os.path.join(tmp, "vocoder"))
     for ext in (".npy", ".json"):  # the centroids and their sidecar (encoder, k, frames)
         shutil.copyfile(os.path.join(args.out, "km" + ext), os.path.join(tmp, "kmeans" + ext))
-    with open(os.path.join(tmp, DEFAULT_FILE), "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT, "version": 1, "encoder": "whisper", "kmeans": "kmeans.npy",
-                   "k": meta["k"], "model": "model", "vocoder": "vocoder",
-                   "recipe": "examples/tiny", "note": NOTE}, f, indent=2)
-        f.write("\n")
+    write_json(os.path.join(tmp, DEFAULT_FILE), {
+        "format": FORMAT, "version": 1, "encoder": "whisper", "kmeans": "kmeans.npy",
+        "k": meta["k"], "model": "model", "vocoder": "vocoder", "recipe": "examples/tiny",
+        "note": NOTE})
     for d, _, names in os.walk(tmp):  # mkdtemp's 0700 and safetensors' 0600: not for a package
         os.chmod(d, 0o755)
         for name in names:
