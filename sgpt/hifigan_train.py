@@ -47,6 +47,7 @@ from sgpt.hifigan import (
     UnitHiFiGAN,
     WNConv1d,
     WNConv2d,
+    find_vocoder,
     get_padding,
     load_state,
     read_config,
@@ -442,6 +443,7 @@ class TrainOptions:
     learning_rate: float | None = None
     seed: int | None = None
     keep: int | None = None            # newest g_ files kept; None: all
+    init: str | None = None            # a g_ file or vocoder directory a new run starts from
 
 
 def architecture(cfg: HiFiGANConfig) -> dict:
@@ -451,9 +453,12 @@ def architecture(cfg: HiFiGANConfig) -> dict:
 
 
 def training_config(opts: TrainOptions, config_file: str | None) -> HiFiGANConfig:
-    """The effective config: DIR/config.json when resuming, else ``config_file``, else the
-    published mHuBERT-km1000 one; flags override the training knobs."""
+    """The effective config: DIR/config.json when resuming, else ``config_file``, else that of
+    the ``--init`` vocoder, else the published mHuBERT-km1000 one; flags override the
+    training knobs."""
     existing = os.path.join(opts.output, "config.json")
+    if config_file is None and opts.init is not None and not os.path.exists(existing):
+        config_file = find_vocoder(opts.init)[1]
     if os.path.exists(existing):
         cfg = read_config(existing)
         if config_file is not None:
@@ -596,6 +601,22 @@ class Trainer:
         self.steps, self.epoch = int(do["steps"]), int(do.get("epoch", 0))
         return True
 
+    def start_from(self, path: str) -> str:
+        """A new run's generator from another's (fine-tuning a published or earlier vocoder on
+        new audio): its weights, with fresh discriminators and optimizers, from update 0.
+        Its architecture must be this run's; returns the g_ file read."""
+        g_file, config_file = find_vocoder(path)
+        if os.path.exists(config_file):
+            theirs = read_config(config_file)
+            if architecture(theirs) != architecture(self.cfg):
+                raise SgptError(f"{config_file}: its architecture differs from this run's "
+                                f"config; --init needs the same one")
+        g = torch_load(g_file)
+        if "generator" not in g:
+            raise CheckpointError(f"{g_file}: no 'generator' state dict")
+        load_state(self.generator, g["generator"], g_file)
+        return g_file
+
     def save(self) -> None:
         out = self.opts.output
         name = f"{self.steps:08d}"
@@ -684,6 +705,8 @@ class Trainer:
         log_path = os.path.join(opts.output, LOG_NAME)
         if self.resume():
             self.info(f"resuming from step {self.steps} in {opts.output}")
+        elif opts.init is not None:
+            self.info(f"starting from the generator of {self.start_from(opts.init)}")
         _truncate_log(log_path, self.steps)
         advance(min(self.steps, opts.steps))
         if self.steps >= opts.steps:

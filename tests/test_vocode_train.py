@@ -273,3 +273,37 @@ def test_generator_alone_before_discriminator_start_step(data, tmp_path):
     entry = trainer.train(examples)
     assert "loss_disc" in entry and entry["step"] == 3
     assert any(not torch.equal(p, disc[n]) for n, p in trainer.mpd.named_parameters())
+
+
+def test_init_fine_tunes_another_vocoders_generator(data, tmp_path):
+    """--init: a new run starts from another run's generator (its config too, when none is
+    given), at update 0 with fresh discriminators; a resumable run ignores it."""
+    d, _ = data
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert train(d, base, 2, d / "train.jsonl").returncode == 0
+    # at learning rate 0, the run's one update leaves base's newest generator as it was
+    r = run_tool("sgpt-vocode", "train", "--init", base, "-o", tuned, "--steps", 1,
+                 *TRAIN, "--lr", "0", d / "train.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert f"starting from the generator of {base / 'g_00000002'}" in r.stderr
+    assert read_config(str(tuned / "config.json")).num_embeddings == K
+    assert [e["step"] for e in log(tuned)] == [1]
+    start = torch.load(base / "g_00000002", weights_only=True)["generator"]
+    got = torch.load(tuned / "g_00000001", weights_only=True)["generator"]
+    assert all(torch.equal(got[k], start[k]) for k in start)
+    r = run_tool("sgpt-vocode", "train", "--init", base, "-o", tuned, "--steps", 2,
+                 *TRAIN, d / "train.jsonl")
+    assert r.returncode == 0 and "resuming from step 1" in r.stderr
+    assert "starting from" not in r.stderr
+
+    # another architecture, or a file that is not a generator: one line, exit 1
+    cfg = json.loads((d / "config.json").read_text())
+    (tmp_path / "other.json").write_text(json.dumps({**cfg, "upsample_initial_channel": 64}))
+    r = run_tool("sgpt-vocode", "train", "--init", base, "--config", tmp_path / "other.json",
+                 "-o", tmp_path / "x", "--steps", 1, *TRAIN, d / "train.jsonl")
+    assert r.returncode == 1 and "architecture differs" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_tool("sgpt-vocode", "train", "--init", base / "do_00000002", "--config",
+                 d / "config.json", "-o", tmp_path / "y", "--steps", 1, *TRAIN,
+                 d / "train.jsonl")
+    assert r.returncode == 1 and "no 'generator' state dict" in r.stderr

@@ -320,8 +320,8 @@ def _request(record, voc, out: Output, reporter: Reporter):
                    "train_log.jsonl. A run resumes from the newest g_/do_ pair there.")
 @click.option("--config", "config_file", metavar="config.json", type=click.Path(),
               help="Vocoder config in the published (speech-resynthesis) format: architecture "
-                   "and training knobs. Default: DIR/config.json when resuming, else the "
-                   "published mHuBERT-km1000 config.")
+                   "and training knobs. Default: DIR/config.json when resuming, else that of "
+                   "--init, else the published mHuBERT-km1000 config.")
 @click.option("--steps", type=click.IntRange(min=1), default=500000, show_default=True,
               help="Train until this many optimizer updates in all (resumed runs included).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -341,12 +341,18 @@ def _request(record, voc, out: Output, reporter: Reporter):
                    "kept in any case: it is needed only to resume.")
 @click.option("--log-interval", type=click.IntRange(min=1), default=100, show_default=True,
               help="Append losses to train_log.jsonl (and stderr) every N updates.")
+@click.option("--init", metavar="DIR|G_FILE", default=None,
+              help="Start a new run from this generator (a g_ file, or a vocoder directory's "
+                   "newest): fine-tune a published or earlier vocoder on new audio. Same "
+                   "architecture as the config; fresh discriminators; ignored when DIR "
+                   "already holds a checkpoint to resume.")
 @device_options
 @run_options
 @click.argument("inputs", nargs=-1, metavar="[RECORDS|-]...")
 @run_tool(TOOL)
 def train(output, config_file, steps, batch_size, segment_size, learning_rate, seed,
-          checkpoint_interval, keep, log_interval, device, dtype, progress, strict, inputs):
+          checkpoint_interval, keep, log_interval, init, device, dtype, progress, strict,
+          inputs):
     """Train a unit HiFi-GAN on (audio, units) records.
 
     Each record needs 'audio' and 'units' with 'durations' (as sgpt-units writes them), or
@@ -378,7 +384,7 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     opts = TrainOptions(output=output, steps=steps, checkpoint_interval=checkpoint_interval,
                         log_interval=log_interval, batch_size=batch_size,
                         segment_size=segment_size, learning_rate=learning_rate, seed=seed,
-                        keep=keep)
+                        keep=keep, init=init)
     cfg = training_config(opts, config_file)
     dev = resolve_device(device)
     examples = []
