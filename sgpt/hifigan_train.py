@@ -38,6 +38,7 @@ from torch.nn import AvgPool1d
 from torch.nn.utils import spectral_norm
 
 from sgpt.audio import load_audio
+from sgpt.device import fast_bfloat16
 from sgpt.errors import AudioError, CheckpointError, RecordError, SgptError
 from sgpt.files import write_atomic, write_json
 from sgpt.hifigan import (
@@ -490,7 +491,8 @@ def training_config(opts: TrainOptions, config_file: str | None) -> HiFiGANConfi
 
 
 def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for training: bfloat16 where it helps (CUDA with bf16, CPUs with AMX)."""
+    """Autocast dtype for training: bfloat16 where the hardware has it (CUDA with bf16, CPUs
+    with AVX512-BF16 or AMX)."""
     if name == "float32":
         return None
     if name == "bfloat16":
@@ -500,10 +502,7 @@ def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
                         "float32)")
     if name != "auto":
         raise SgptError(f"unknown dtype {name!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return torch.bfloat16 if device.type == "cpu" and amx() else None
+    return torch.bfloat16 if fast_bfloat16(device) else None
 
 
 def _truncate_log(path: str, steps: int) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sgpt.device import fast_bfloat16, slow_bfloat16_note
 from sgpt.errors import CheckpointError, SgptError
 from sgpt.files import read_yaml_mapping
 from sgpt.llm import (
@@ -540,9 +541,11 @@ class Run:
             self.device = resolve_device(config.device)
         dtype = config.dtype
         if dtype == "auto":
-            dtype = ("bfloat16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-                     else "float32")
+            dtype = "bfloat16" if fast_bfloat16(self.device) else "float32"
         self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        note = slow_bfloat16_note(self.autocast_dtype, self.device)
+        if note and self.dist.main:
+            self.log(note)
         self.pad_id = (self.tok.hf.pad_token_id if self.tok.hf.pad_token_id is not None
                        else (self.tok.eos_id or 0))
         self.model, self.new_ids = build_model(config, self.tok, self.new_ids, self.device,

@@ -72,8 +72,8 @@ def _comma_list(ctx, param, value):
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Recompute activations in the backward pass (less memory) [off].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
-              help="bfloat16: autocast (weights stay float32); auto: bfloat16 on CUDA that "
-                   "has it, else float32 [auto].")
+              help="bfloat16: autocast (weights stay float32); auto: bfloat16 on CUDA and "
+                   "CPUs (AVX512-BF16, AMX) that have it, else float32 [auto].")
 @click.option("--device", default=None, help=DEVICE_HELP + " [auto].")
 @click.option("--seed", type=int, default=None,
               help="Data order, held-out split, dropout [0].")

@@ -368,7 +368,7 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     SIGINT (Ctrl-C) or SIGTERM (timeout, Slurm) finishes the current update, writes a
     g_/do_ checkpoint and exits (130 or 143); a second signal aborts without saving.
     """
-    from sgpt.device import resolve_device
+    from sgpt.device import resolve_device, slow_bfloat16_note
     from sgpt.hifigan_train import (
         Interrupted,
         Trainer,
@@ -399,6 +399,9 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     if not examples:
         raise SgptError("no usable training records")
     amp = amp_dtype(dtype, dev)
+    note = slow_bfloat16_note(amp, dev)
+    if note:
+        reporter.info(note)
     reporter.info(f"training on {len(examples)} utterances, {dev}"
                   + (f", {str(amp).replace('torch.', '')} autocast" if amp else ""))
     trainer = Trainer(cfg, opts, dev, amp, info=reporter.info)
