@@ -44,6 +44,7 @@ from sgpt.prompts import (
     SOSP,
     TTS_INSTRUCTIONS,
     check_text,
+    cross_modal_prompt,
     inference_prompt,
     task_question,
     unit_token,
@@ -138,7 +139,10 @@ def prompt_text(record: dict, k: int, default_task: str = "chat",
     * chat: ``text`` (a text question), ``units`` (a spoken one), or both (``text`` is an
       instruction about the speech: ``{text} This is input: <sosp>…<eosp>``);
     * asr: ``units``, with the record's ``instruction`` or the default one;
-    * tts: ``text``, with the record's ``instruction`` or the default one;
+    * tts: ``text``, with the record's ``instruction`` or the default one; both in the
+      format stage 2 trains them in (``cross_modal_prompt``), not the chat template: a model
+      trained on little data answers a chat-format request as a chat (chat with ``text`` =
+      the instruction gives that request);
     * continue: ``units``; the prompt is ``<sosp><u>…`` left open (stage-1 models).
     """
     rid = record["id"]
@@ -165,12 +169,12 @@ def prompt_text(record: dict, k: int, default_task: str = "chat",
     if task == "asr":
         if units is None:
             raise RecordError(rid, "task asr needs 'units' (a non-empty list)")
-        return task, inference_prompt(task_question(instruction, units_text(units))), True
+        return task, cross_modal_prompt(instruction, units_text(units)), True
     if task == "tts":
         if not has_text:
             raise RecordError(rid, "task tts needs 'text'")
         text = check_text(record["text"], "text", rid)
-        return task, inference_prompt(task_question(instruction, text)), False
+        return task, cross_modal_prompt(instruction, text), False
     if units is None:
         raise RecordError(rid, "task continue needs 'units' (a non-empty list)")
     return task, SOSP + "".join(unit_token(u) for u in units), True

@@ -128,6 +128,13 @@ def chain_of_modality(mode: str, q_text: str, a_text: str, q_units: Sequence[int
     return {"prefix": PREFIX, "plain_text": plain}
 
 
+def cross_modal_prompt(instruction: str, input: str) -> str:
+    """An ASR or TTS request as stage 2 trains it: the stage-2 record up to its output,
+    PREFIX + ``[Human]: {instruction} This is input: {input}<eoh> [SpeechGPT]: ``."""
+    return PREFIX + CROSS_MODAL[:CROSS_MODAL.index("{output}")].format(
+        instruction=instruction, input=input)
+
+
 # --- inference ---------------------------------------------------------------------------
 
 INFERENCE = "[Human]: {question} <eoh>. [SpeechGPT]: "

@@ -116,12 +116,15 @@ def test_prompts_are_the_tokenizers_ids_of_the_whole_reference_string():
         ({"id": "b", "units": [3, 4, 5]}, inference_prompt("<sosp><3><4><5><eosp>")),
         ({"id": "c", "text": "Summarize this.", "units": [1, 2]},
          inference_prompt("Summarize this. This is input: <sosp><1><2><eosp>")),
+        # asr and tts: stage 2's record up to its output
         ({"id": "d", "task": "asr", "units": [9], "text": "a reference transcript"},
-         inference_prompt(f"{DEFAULT_INSTRUCTIONS['asr']} This is input: <sosp><9><eosp>")),
+         PREFIX + f"[Human]: {DEFAULT_INSTRUCTIONS['asr']} This is input: <sosp><9><eosp>"
+                  "<eoh> [SpeechGPT]: "),
         ({"id": "e", "task": "tts", "text": "Hello world."},
-         inference_prompt(f"{DEFAULT_INSTRUCTIONS['tts']} This is input: Hello world.")),
+         PREFIX + f"[Human]: {DEFAULT_INSTRUCTIONS['tts']} This is input: Hello world.<eoh> "
+                  "[SpeechGPT]: "),
         ({"id": "f", "task": "tts", "text": "Hi.", "instruction": "Say it."},
-         inference_prompt("Say it. This is input: Hi.")),
+         PREFIX + "[Human]: Say it. This is input: Hi.<eoh> [SpeechGPT]: "),
         ({"id": "g", "task": "continue", "units": [5, 6]}, "<sosp><5><6>"),
         ({"id": "h", "units": [5, 5, 6, 6, 6], "units_meta": {"dedup": False}},
          inference_prompt("<sosp><5><6><eosp>")),
