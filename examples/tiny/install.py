@@ -74,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out", help="the recipe's output directory")
     ap.add_argument("--dest", required=True, help="the default directory to (re)write")
-    ap.add_argument("--model", default="s4", help="the model directory under --out")
+    ap.add_argument("--model", default="s3", help="the model directory under --out")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     args = ap.parse_args()
     dest = os.path.abspath(args.dest)
