@@ -44,7 +44,7 @@ def slow_bfloat16_note(dtype: torch.dtype | None, device: torch.device) -> str |
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is bfloat16 on CUDA devices that support it, else float32."""
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and fast_bfloat16(device):
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:

@@ -604,13 +604,18 @@ def load_state(model: nn.Module, state: dict, where: str) -> None:
     model.load_state_dict(state)
 
 
-def load_generator(g_file: str, cfg: HiFiGANConfig) -> UnitHiFiGAN:
+def load_generator_state(model: UnitHiFiGAN, g_file: str) -> None:
+    """The generator of a g_ file into ``model`` (CheckpointError naming the file)."""
     ckpt = torch_load(g_file)
     if "generator" not in ckpt:
         hint = " (a do_ file holds the discriminators; pass the g_ file)" if "mpd" in ckpt else ""
         raise CheckpointError(f"{g_file}: no 'generator' state dict{hint}")
-    model = UnitHiFiGAN(cfg)
     load_state(model, ckpt["generator"], g_file)
+
+
+def load_generator(g_file: str, cfg: HiFiGANConfig) -> UnitHiFiGAN:
+    model = UnitHiFiGAN(cfg)
+    load_generator_state(model, g_file)
     return model
 
 

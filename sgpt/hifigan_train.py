@@ -50,6 +50,7 @@ from sgpt.hifigan import (
     WNConv2d,
     find_vocoder,
     get_padding,
+    load_generator_state,
     load_state,
     read_config,
     torch_load,
@@ -610,10 +611,7 @@ class Trainer:
             if architecture(theirs) != architecture(self.cfg):
                 raise SgptError(f"{config_file}: its architecture differs from this run's "
                                 f"config; --init needs the same one")
-        g = torch_load(g_file)
-        if "generator" not in g:
-            raise CheckpointError(f"{g_file}: no 'generator' state dict")
-        load_state(self.generator, g["generator"], g_file)
+        load_generator_state(self.generator, g_file)
         return g_file
 
     def save(self) -> None:
