@@ -1,9 +1,10 @@
 """Talking to a SpeechGPT model: prompts from records, batched decoding, answer records.
 
 ``build_prompt`` turns a record into the token ids the reference feeds its model (the
-system prefix, ``[Human]: {question} <eoh>. [SpeechGPT]: ``, encoded as the tokenizer
-encodes the whole string). ``Generator`` decodes many prompts at once and yields each as
-soon as it is finished:
+system prefix, ``[Human]: {question} <eoh>. [SpeechGPT]: ``; asr and tts requests in stage
+2's format, ``[Human]: {instruction} This is input: {input}<eoh> [SpeechGPT]: ``), encoded
+as the tokenizer encodes the whole string). ``Generator`` decodes many prompts at once and
+yields each as soon as it is finished:
 
 * the system prefix is the same for every chat/asr/tts prompt: its key/value cache is
   computed once and copied into every batch, so only the question is run through the model;
