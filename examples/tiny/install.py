@@ -48,8 +48,11 @@ def install_model(src: str, dest: str, dtype: torch.dtype) -> dict:
     # the base is named as the package that installs it, not by this machine's path
     tok_meta = os.path.join(dest, TOKENIZER_META)
     write_json(tok_meta, {**read_json(tok_meta), "base": BASE})
-    write_json(os.path.join(dest, ADAPTER_CONFIG),
-               {**read_json(os.path.join(src, ADAPTER_CONFIG)), "base_model_name_or_path": BASE})
+    # peft writes target_modules from a set: sorted, a re-install gives the same bytes
+    adapter = read_json(os.path.join(src, ADAPTER_CONFIG))
+    if isinstance(adapter.get("target_modules"), list):
+        adapter["target_modules"] = sorted(adapter["target_modules"])
+    write_json(os.path.join(dest, ADAPTER_CONFIG), {**adapter, "base_model_name_or_path": BASE})
     weights = load_file(os.path.join(src, ADAPTER_WEIGHTS))
     save_file({n: t.to(dtype) for n, t in weights.items()}, os.path.join(dest, ADAPTER_WEIGHTS))
     meta = {**meta, "base_model": BASE}
@@ -74,7 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out", help="the recipe's output directory")
     ap.add_argument("--dest", required=True, help="the default directory to (re)write")
-    ap.add_argument("--model", default="s3", help="the model directory under --out")
+    ap.add_argument("--model", default="s4", help="the model directory under --out")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     args = ap.parse_args()
     dest = os.path.abspath(args.dest)
