@@ -16,7 +16,9 @@ Every score reads the answer records of ``sgpt-generate`` (and of ``sgpt-vocode`
   normalized text answer as whole words ("paris" is in "the capital is paris", not in
   "parisian"); a spoken answer is correct when it occurs so in the judge's transcript of the
   answer's audio. Also the WER of the model's own transcript of the spoken question (chain of
-  modality writes it first) and the judge's WER on the question recordings.
+  modality writes it first), the questions it transcribed word for word (``heard``) and how
+  many of those it answered right in text (hearing and knowing apart), and the judge's WER on
+  the question recordings.
 - ``score_units``: unit edit distance (Levenshtein over deduplicated units, summed over
   pairs, over the summed reference length) between generated units and reference units, and
   throughput. ``sgpt-generate`` writes no timing into its records, so throughput is the
@@ -496,6 +498,11 @@ def score_qa(answers: list[dict], judge=None, speech: list[dict] | None = None,
     if asked:
         summary["transcript_wer"] = _wer_summary([r["question"] for r in asked],
                                                  [r["transcript"] for r in asked])
+        for r in asked:
+            r["heard"] = normalize_text(r["transcript"]) == normalize_text(r["question"])
+        heard = [r for r in asked if r["heard"]]
+        summary["heard"] = {"questions": len(asked), "count": len(heard),
+                            "text_correct_count": sum(r["text_correct"] for r in heard)}
     if judge is not None and original is not None and rows:
         orig = judge_original(original, [r["id"] for r in rows], judge, question_key, errors)
         if orig is not None:
@@ -597,6 +604,12 @@ def report_rows(summaries: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             if "transcript_wer" in s:
                 rows.append(("spoken QA: WER of the model's transcript of the question",
                              _pct(s["transcript_wer"]["wer"]), "", name))
+            if s.get("heard"):
+                h = s["heard"]
+                rows.append(("spoken QA: question heard word for word",
+                             _pct(h["count"] / h["questions"]),
+                             f"{h['count']} of {h['questions']}; text answer correct for "
+                             f"{h['text_correct_count']} of them", name))
         elif task == "units":
             if "unit_edit" in s:
                 u = s["unit_edit"]

@@ -21,6 +21,7 @@ from sgpt.evaluate import (
     answer_matches,
     prepare_test_set,
     render_report,
+    report_rows,
     score_asr,
     score_judged,
     score_qa,
@@ -156,6 +157,12 @@ def test_qa_text_and_spoken_answers_with_a_command_judge(tmp_path):
     assert s.summary["speech_correct_count"] == 2 and s.summary["no_speech"] == ["3"]
     # the model's transcripts: "sky" for "grass" (1 of 4 words), none for 3 (5 deleted)
     assert s.summary["transcript_wer"]["wer"] == pytest.approx(7 / 14)
+    # heard word for word (case and punctuation aside): 1 only, and answered right
+    assert s.summary["heard"] == {"questions": 3, "count": 1, "text_correct_count": 1}
+    assert [r["heard"] for r in s.records] == [True, False, False]
+    assert ("spoken QA: question heard word for word", "33.3 %",
+            "1 of 3; text answer correct for 1 of them", "qa.json") in report_rows(
+                {"out/qa.json": s.summary})
     # the judge on the question recordings: 0 + 0 + 5 deletions over 5 + 4 + 5 words
     assert s.summary["original_questions"]["wer"] == pytest.approx(5 / 14)
     per = {r["id"]: r for r in s.records}
