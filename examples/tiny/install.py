@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Copy the recipe's result into a default directory (sgpt/default/ ships with the package).
 
-    python3 install.py --out out --dest ../../sgpt/default
+    python3 install.py --out out --model s4-2 --dest ../../sgpt/default
 
 The default is what the tools use with no model flags (sgpt/default.py): default.json, the
 k-means centroids, the model directory (the LoRA adapter, the new tokens' rows and the
@@ -77,7 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="out", help="the recipe's output directory")
     ap.add_argument("--dest", required=True, help="the default directory to (re)write")
-    ap.add_argument("--model", default="s4", help="the model directory under --out")
+    ap.add_argument("--model", required=True,
+                    help="the model directory under --out (`make install`: the last stage's)")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     args = ap.parse_args()
     dest = os.path.abspath(args.dest)
