@@ -56,26 +56,38 @@ class HubertEncoder(nn.Module):
         if self.normalize:  # fairseq's F.layer_norm(x, x.shape), over each item's own samples
             wavs = torch.stack([F.pad(F.layer_norm(w[:n], (n,)), (0, wavs.shape[1] - n))
                                 for w, n in zip(wavs.float(), sizes)])
-        x = wavs.to(model.feature_projection.projection.weight.dtype)[:, None]
+        dtype = model.feature_projection.projection.weight.dtype
+        # Convolutions run in float32 on the CPU whatever the model's dtype: the bfloat16
+        # convolutions of the oneDNN that torch ships (its BRGEMM kernels on AVX512-BF16/AMX
+        # CPUs) can be wrong, not merely rounded, for strided shapes (pytorch#169688); on an
+        # AMX Xeon they put these features off by a quarter of their scale. Matrix products
+        # (projection, attention, feed-forward) run in the model's dtype.
+        conv_dtype = torch.float32 if wavs.device.type == "cpu" else dtype
+        x = wavs.to(conv_dtype)[:, None]
 
         for block in model.feature_extractor.conv_layers:
             conv = block.conv
-            x = conv(x)
+            x = _conv(conv, x, conv_dtype)
             lengths = (torch.div(lengths - conv.kernel_size[0], conv.stride[0],
                                  rounding_mode="floor") + 1).clamp(min=0)
             norm = getattr(block, "layer_norm", None)
             if isinstance(norm, nn.GroupNorm):  # over time: each item over its own frames
                 x = _group_norm_per_item(x, lengths.tolist(), norm)
             elif norm is not None:
-                x = norm(x.transpose(1, 2)).transpose(1, 2)
+                x = F.layer_norm(x.transpose(1, 2), norm.normalized_shape,
+                                 norm.weight.to(conv_dtype), norm.bias.to(conv_dtype),
+                                 norm.eps).transpose(1, 2)
             x = block.activation(x)
         if (lengths < 1).any():
             raise ValueError("an utterance is shorter than one HuBERT frame (400 samples)")
 
-        x = model.feature_projection(x.transpose(1, 2))  # layer norm, then projection
+        # layer norm, then projection
+        x = model.feature_projection(x.transpose(1, 2).to(dtype))
         valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
         x = x.masked_fill(~valid[..., None], 0.0)  # padding must not reach the positional conv
-        x = x + model.encoder.pos_conv_embed(x)
+        pos = model.encoder.pos_conv_embed  # conv, trim to "same" length, activation
+        p = pos.activation(pos.padding(_conv(pos.conv, x.transpose(1, 2), conv_dtype)))
+        x = x + p.transpose(1, 2).to(dtype)
         if not model.config.do_stable_layer_norm:
             x = model.encoder.layer_norm(x)
         mask = create_bidirectional_mask(config=model.config, inputs_embeds=x,
@@ -83,6 +95,13 @@ class HubertEncoder(nn.Module):
         for block in model.encoder.layers:
             x = block(x, attention_mask=mask)
         return x.masked_fill(~valid[..., None], 0.0), lengths
+
+
+def _conv(conv: nn.Conv1d, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``conv`` applied to ``x`` in ``dtype`` (its weights cast, weight norm included)."""
+    bias = None if conv.bias is None else conv.bias.to(dtype)
+    return F.conv1d(x.to(dtype), conv.weight.to(dtype), bias, conv.stride, conv.padding,
+                    conv.dilation, conv.groups)
 
 
 def _group_norm_per_item(x: torch.Tensor, lengths: list[int], norm: nn.GroupNorm

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -382,6 +382,29 @@ def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
                              eps=1e-8, foreach=False)
 
 
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float, dist: Dist,
+                   sharded: bool) -> float:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``; return the
+    norm before scaling (torch's clip_grad_norm_, the same coefficient).
+
+    The norm is summed in float64 over each process's shards (FSDP), so it is the same
+    float32 number however the parameters are sharded: torch's sums float32 squares in an
+    order that depends on the shards, and the one-ulp difference in the coefficient that
+    scales every gradient left two FSDP processes unequal to one process with the same
+    global batch (and, through bfloat16 autocast rounding, far from it)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    total = sum(float(g.detach().double().square().sum()) for g in local)
+    if sharded:
+        total, = dist.sum([total])
+    norm = math.sqrt(total)
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for g in local:
+            g.detach().mul_(coef)
+    return norm
+
+
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     """Linear warmup over ``warmup_ratio`` of the steps, then cosine to ``min_lr_ratio``."""
     warmup = math.ceil(config.warmup_ratio * total)
@@ -674,7 +697,7 @@ class Run:
                     (loss * dist.world / max(1, denom)).backward()
                 step_loss += float(loss.detach())
             if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+                clip_grad_norm(params.values(), config.max_grad_norm, dist, sharded=fsdp)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0

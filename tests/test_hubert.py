@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from fakes.mhubert import make_mhubert_checkpoint
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sgpt.audio import load_audio
 from sgpt.errors import CheckpointError
 from sgpt.hubert import load_hubert
+from sgpt.kmeans import KMeansQuantizer, learn_kmeans
 from sgpt.safe_pickle import torch_load
 
 LAYERS = 3
@@ -139,15 +141,71 @@ def test_transformers_dir_round_trip(checkpoints, waves, tmp_path):
         load_hubert(tmp_path / "hf", layer=4)
 
 
-def test_bfloat16_tracks_float32(checkpoints, waves):
+class IdealBfloat16(TorchDispatchMode):
+    """Runs float32 code as an ideal bfloat16 backend would: each op computed exactly (in
+    float32), its result rounded to bfloat16. Its distance from float32 is what bfloat16
+    itself must cost a model; a real backend rounds also inside some ops (the attention
+    probabilities before they weight the values), at most as often as between them."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                t.copy_(t.to(torch.bfloat16))
+        return out
+
+
+def encode_ideal_bfloat16(encoder, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+    rounded = copy.deepcopy(encoder)
+    for p in rounded.parameters():
+        p.data = p.data.to(torch.bfloat16).float()
+    with IdealBfloat16():
+        return encode_batch(rounded, [w.to(torch.bfloat16).float() for w in waves])
+
+
+def frame_errors(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(x.float() - y.float()).norm(dim=1) for x, y in zip(a, b)])
+
+
+def test_bfloat16_tracks_float32_within_what_bfloat16_costs(checkpoints, waves):
+    """bf16 features are as far from float32 as bf16 rounding makes them, on every backend.
+
+    On an AMX Xeon the bf16 oneDNN convolutions put them a quarter of their scale off; the
+    encoder runs its convolutions in float32 on the CPU since."""
+    for kind in ("plain", "large"):
+        encoder = load_hubert(checkpoints[kind], LAYERS)
+        fp32 = encode_batch(encoder, waves)
+        ideal = frame_errors(encode_ideal_bfloat16(encoder, waves), fp32)
+        bf16 = encode_batch(copy.deepcopy(encoder).to(torch.bfloat16), waves)
+        assert all(b.dtype == torch.bfloat16 for b in bf16)
+        real = frame_errors(bf16, fp32)
+        scale = torch.cat(fp32).norm(dim=1).mean()
+        print(f"{kind}: bf16 vs fp32 per frame: rms {real.square().mean().sqrt():.4f}, "
+              f"max {real.max():.4f}; ideal bf16 rms {ideal.square().mean().sqrt():.4f}, max "
+              f"{ideal.max():.4f}; feature norm {scale:.2f}")
+        # twice as many roundings at most doubles the error's variance: sqrt(2) on its rms
+        assert real.square().mean().sqrt() <= 2 * ideal.square().mean().sqrt(), kind
+        assert real.max() <= 2 * ideal.max(), kind
+
+
+def test_bfloat16_units_equal_float32_units_where_the_margin_allows(checkpoints, waves):
+    """A frame's unit can change only if its features move by half its margin (the distance to
+    the second-nearest centroid minus the nearest's): those frames may differ, no others."""
     encoder = load_hubert(checkpoints["plain"], LAYERS)
-    fp32 = encode_batch(encoder, waves)
-    bf16 = encode_batch(encoder.to(torch.bfloat16), waves)
-    assert all(b.dtype == torch.bfloat16 for b in bf16)
-    a, b = torch.cat(fp32).flatten(), torch.cat(bf16).float().flatten()
-    correlation = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
-    print(f"bf16 vs fp32: max abs diff {(a - b).abs().max():.4f}, correlation {correlation:.5f}")
-    assert correlation > 0.999
+    fp32 = torch.cat(encode_batch(encoder, waves))
+    centroids, _ = learn_kmeans(fp32, 20, seed=0, max_iter=50)
+    quantize = KMeansQuantizer(centroids)
+    ideal = frame_errors([torch.cat(encode_ideal_bfloat16(encoder, waves))], [fp32])
+    bf16 = torch.cat(encode_batch(copy.deepcopy(encoder).to(torch.bfloat16), waves))
+    allowed = 2 * ideal.max()  # what the features test above holds every frame to
+    nearest_two = torch.cdist(fp32, centroids).topk(2, dim=1, largest=False).values
+    margin = nearest_two[:, 1] - nearest_two[:, 0]
+    safe = margin > 2 * allowed
+    same = quantize(bf16) == quantize(fp32)
+    print(f"units: {int(same.sum())} of {len(same)} frames equal; {int(safe.sum())} have a "
+          f"margin over {2 * allowed:.4f}, {int(same[safe].sum())} of them equal")
+    assert safe.sum() >= len(safe) // 4  # the check covers many frames, not a handful
+    assert same[safe].all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
