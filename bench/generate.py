@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.tokenizers import WORDS, llama_base  # noqa: E402
 
-from sgpt.generate import Generator, Sampling, build_prompt, system_prefix_ids  # noqa: E402
-from sgpt.tokenizer import SpeechTokenizer, extend  # noqa: E402
+from sgpt.generate.decode import Generator, Sampling, build_prompt, system_prefix_ids  # noqa: E402
+from sgpt.lm.tokenizer import SpeechTokenizer, extend  # noqa: E402
 
 
 def make_tokenizer() -> SpeechTokenizer:

@@ -29,7 +29,7 @@ from fakes.tokenizers import (  # noqa: E402
     smollm2_source,
 )
 
-from sgpt.prompts import (  # noqa: E402
+from sgpt.lm.prompts import (  # noqa: E402
     ASR_INSTRUCTIONS,
     MODES,
     TTS_INSTRUCTIONS,
@@ -37,7 +37,7 @@ from sgpt.prompts import (  # noqa: E402
     cross_modal,
     units_text,
 )
-from sgpt.tokenizer import SpeechTokenizer, extend  # noqa: E402
+from sgpt.lm.tokenizer import SpeechTokenizer, extend  # noqa: E402
 
 
 def records(n: int, seed: int, k: int) -> list[str]:

@@ -8,7 +8,7 @@ SpeechInstruct records. Rounds alternate fp32 and bf16 so both see the same mach
 medians are quoted.
 
 Loaders: one global batch made from packed shards (memory-mapped ids and loss mask,
-``sgpt.train_data.collate``) against the reference's way (the transformers tokenizer on
+``sgpt.train.data.collate``) against the reference's way (the transformers tokenizer on
 ``prefix + plain_text`` and on ``prefix`` for the mask, per record, every epoch).
 
     python bench/train.py                    # SmolLM2-135M on this machine's CPU
@@ -35,11 +35,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from fakes.tokenizers import random_sentence, smollm2_source  # noqa: E402
 
-from sgpt.pack import Inputs, PackConfig, Packer  # noqa: E402
-from sgpt.prompts import ASR_INSTRUCTIONS, TTS_INSTRUCTIONS, cross_modal, units_text  # noqa: E402
-from sgpt.tokenizer import SpeechTokenizer, extend, load_hf_tokenizer  # noqa: E402
-from sgpt.train import Run, make_config, make_optimizer, trainable_parameters  # noqa: E402
-from sgpt.train_data import collate, step_indices  # noqa: E402
+from sgpt.lm.prompts import ASR_INSTRUCTIONS, TTS_INSTRUCTIONS, cross_modal, units_text  # noqa: E402
+from sgpt.lm.tokenizer import SpeechTokenizer, extend, load_hf_tokenizer  # noqa: E402
+from sgpt.tokenize.pack import Inputs, PackConfig, Packer  # noqa: E402
+from sgpt.train.data import collate, step_indices  # noqa: E402
+from sgpt.train.recipe import Run, make_config, make_optimizer, trainable_parameters  # noqa: E402
 
 
 def records(n: int, seed: int, k: int) -> list[dict]:

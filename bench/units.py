@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.mhubert import make_mhubert_checkpoint  # noqa: E402
 
-from sgpt.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from sgpt.hubert import load_hubert  # noqa: E402
-from sgpt.kmeans import KMeansQuantizer, learn_kmeans  # noqa: E402
-from sgpt.speech_encoder import SpeechEncoder  # noqa: E402
+from sgpt.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from sgpt.units.hubert import load_hubert  # noqa: E402
+from sgpt.units.kmeans import KMeansQuantizer, learn_kmeans  # noqa: E402
+from sgpt.units.speech_encoder import SpeechEncoder  # noqa: E402
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.hifigan import fabricate_vocoder, published_config  # noqa: E402
 
-from sgpt.hifigan import load_vocoder  # noqa: E402
-from sgpt.vocoder import Request, Vocoder  # noqa: E402
+from sgpt.vocode.hifigan import load_vocoder  # noqa: E402
+from sgpt.vocode.vocoder import Request, Vocoder  # noqa: E402
 
 FRAME_RATE = 50  # frames per second (320 samples at 16 kHz)
 UNITS_PER_SECOND = 20  # deduplicated units: about 2.5 frames each with the fake predictor

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sgpt.audio import load_audio, load_audio_bytes, looks_like_audio, write_wav
-from sgpt.errors import AudioError
+from sgpt.core.audio import load_audio, load_audio_bytes, looks_like_audio, write_wav
+from sgpt.core.errors import AudioError
 
 
 def tone(sr: int, seconds: float = 0.5, channels: int = 1) -> np.ndarray:

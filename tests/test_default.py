@@ -18,8 +18,8 @@ from conftest import run_tool, tool
 from fakes.hifigan import fabricate_vocoder, small_config
 from fakes.tokenizers import extended, smollm2_source
 
-from sgpt.default import installed, load_default, resolve_pypi
-from sgpt.errors import CheckpointError
+from sgpt.core.default import installed, load_default, resolve_pypi
+from sgpt.core.errors import CheckpointError
 
 K = 50
 QUESTION = "What is the capital of France?"  # scripts/demo.sh's, spoken the same way
@@ -78,11 +78,11 @@ def fabricated(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sgpt.audio import load_audio
-    from sgpt.generate import build_prompt
-    from sgpt.llm import model_meta, save_model_dir
-    from sgpt.speech_encoder import load_speech_encoder
-    from sgpt.tokenizer import SpeechTokenizer
+    from sgpt.core.audio import load_audio
+    from sgpt.generate.decode import build_prompt
+    from sgpt.lm.models import model_meta, save_model_dir
+    from sgpt.lm.tokenizer import SpeechTokenizer
+    from sgpt.units.speech_encoder import load_speech_encoder
 
     tmp = tmp_path_factory.mktemp("default")
     wav = espeak_question(tmp / "question.wav")
@@ -278,13 +278,13 @@ def test_the_default_reads_relative_paths_and_the_packaged_one_needs_no_env(fabr
         f"sgpt-x: {NOTE} (SGPT_DEFAULT={d.root}), a small demonstration model trained by "
         "examples/tiny; pass --y for real checkpoints")
     monkeypatch.delenv("SGPT_DEFAULT")
-    import sgpt.default
+    import sgpt.core.default
 
-    monkeypatch.setattr(sgpt.default, "packaged_dir", lambda: fabricated["root"])
+    monkeypatch.setattr(sgpt.core.default, "packaged_dir", lambda: fabricated["root"])
     packaged = load_default()
     assert not packaged.from_env and packaged.model == d.model
     assert packaged.note("sgpt-x", "--y").startswith(f"sgpt-x: {NOTE}, a small")
-    monkeypatch.setattr(sgpt.default, "packaged_dir", lambda: Path("/no/such/dir"))
+    monkeypatch.setattr(sgpt.core.default, "packaged_dir", lambda: Path("/no/such/dir"))
     assert not installed()
 
 
@@ -310,7 +310,7 @@ def test_pypi_references_name_files_of_installed_distributions():
 
 
 def test_an_adapter_whose_pypi_base_is_missing_says_what_to_install(fabricated, tmp_path):
-    from sgpt.llm import load_model_dir
+    from sgpt.lm.models import load_model_dir
 
     model = tmp_path / "model"
     model.mkdir()
@@ -343,7 +343,7 @@ def test_interactive_with_no_model_flags_hears_and_speaks_with_the_default(fabri
 
 def test_a_pypi_base_loads_like_its_path(fabricated, monkeypatch):
     """sgpt-train --model pypi:DIST/RELPATH trains on it and records the reference."""
-    from sgpt.llm import load_causal_lm
+    from sgpt.lm.models import load_causal_lm
 
     site = fabricated["env"]["PYTHONPATH"]
     monkeypatch.syspath_prepend(site)

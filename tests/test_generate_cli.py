@@ -28,7 +28,7 @@ def records(stdout: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The fitted model as sgpt-train writes it (a full chain-of-modality model)."""
-    from sgpt.llm import model_meta, save_model_dir
+    from sgpt.lm.models import model_meta, save_model_dir
 
     out = tmp_path_factory.mktemp("model") / "stage3"
     tok_dir = str(extended("llama", "reference", K))
@@ -139,7 +139,7 @@ def test_answers_stream_from_a_pipe_and_seeds_repeat(model_dir):
     assert [r["id"] for r in got] == ["t2s", "stdin_2"]
     assert got[1]["task"] == "chat" and got[1]["prompt"]["units"] == [7, 8, 9, 7, 12]
     # the same seed in this process, all records in one batch, gives the same answers
-    from sgpt.generate import Generator, Sampling, answer_record, build_prompt
+    from sgpt.generate.decode import Generator, Sampling, answer_record, build_prompt
 
     tok = tokenizer()
     gen = Generator(fitted_model(), tok, Sampling(seed=5, max_new_tokens=30), batch_size=2)
@@ -154,8 +154,8 @@ def test_adapter_on_a_plain_directory(tmp_path):
     PEFT LoRA adapter directory on top (SpeechGPT-7B-cm + -com)."""
     from peft import LoraConfig, get_peft_model
 
-    from sgpt.generate import Generator, Sampling, answer_record, build_prompt
-    from sgpt.llm import copy_tokenizer
+    from sgpt.generate.decode import Generator, Sampling, answer_record, build_prompt
+    from sgpt.lm.models import copy_tokenizer
 
     tok = tokenizer()
     base = tiny_llama(len(tok), seed=5)
@@ -206,8 +206,8 @@ def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tm
 
 def test_interactive_audio_needs_the_units_flags(model_dir, speech_dir):
     from sgpt.cli.generate import Session, Voice
-    from sgpt.errors import SgptError
-    from sgpt.generate import Sampling
+    from sgpt.core.errors import SgptError
+    from sgpt.generate.decode import Sampling
 
     session = Session(str(model_dir), None, None, "cpu", "float32", Sampling(), 1, True)
     voice = Voice(session, None, None, 11, None, None, None, ".")
@@ -219,8 +219,8 @@ def test_interactive_audio_needs_the_units_flags(model_dir, speech_dir):
                                        (40, "trained with k=50 units, the tokenizer has 40")])
 def test_a_tokenizer_that_does_not_match_the_model_is_refused(model_dir, k, reason):
     from sgpt.cli.generate import Session
-    from sgpt.errors import SgptError
-    from sgpt.generate import Sampling
+    from sgpt.core.errors import SgptError
+    from sgpt.generate.decode import Sampling
 
     other = str(extended("llama", "reference", k))
     with pytest.raises(SgptError, match=reason):
@@ -231,9 +231,9 @@ def test_a_model_directory_without_a_usable_tokenizer_says_what_to_pass(model_di
     """A plain transformers save (no tokenizer), a mistyped --tokenizer, a tokenizer that was
     never extended: one line naming the directory, not transformers' hub message."""
     from sgpt.cli.generate import Session
-    from sgpt.errors import SgptError
-    from sgpt.generate import Sampling
-    from sgpt.llm import copy_tokenizer
+    from sgpt.core.errors import SgptError
+    from sgpt.generate.decode import Sampling
+    from sgpt.lm.models import copy_tokenizer
 
     bare = tmp_path / "bare"
     tiny_llama(len(tokenizer())).save_pretrained(str(bare), safe_serialization=True)
@@ -271,7 +271,7 @@ def test_a_model_directory_without_a_usable_tokenizer_says_what_to_pass(model_di
 def test_shards_split_the_records(model_dir, tmp_path, capsys):
     from sgpt.cli.common import Reporter
     from sgpt.cli.generate import Session, answer_records
-    from sgpt.generate import Sampling
+    from sgpt.generate.decode import Sampling
 
     source = tmp_path / "q.jsonl"
     source.write_text(jsonl(r for r, _ in FITTED))
@@ -311,7 +311,7 @@ def test_a_stage_1_model_continues_units_unless_told_otherwise(tmp_path):
     from click.testing import CliRunner
 
     from sgpt.cli.generate import cli
-    from sgpt.llm import model_meta, save_model_dir
+    from sgpt.lm.models import model_meta, save_model_dir
 
     s1 = tmp_path / "s1"
     save_model_dir(s1, tiny_llama(len(tokenizer())), model_meta(

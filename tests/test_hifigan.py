@@ -18,9 +18,9 @@ from fakes.hifigan import (
     without_duration_predictor,
 )
 
-from sgpt.errors import CheckpointError, RecordError, SgptError
-from sgpt.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, load_vocoder, read_config
-from sgpt.vocoder import Request, Vocoder, padded_batches
+from sgpt.core.errors import CheckpointError, RecordError, SgptError
+from sgpt.vocode.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, load_vocoder, read_config
+from sgpt.vocode.vocoder import Request, Vocoder, padded_batches
 
 
 @pytest.fixture(autouse=True, scope="module")

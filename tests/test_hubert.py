@@ -13,11 +13,11 @@ import torch
 from fakes.mhubert import make_mhubert_checkpoint
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sgpt.audio import load_audio
-from sgpt.errors import CheckpointError
-from sgpt.hubert import load_hubert
-from sgpt.kmeans import KMeansQuantizer, learn_kmeans
-from sgpt.safe_pickle import torch_load
+from sgpt.core.audio import load_audio
+from sgpt.core.errors import CheckpointError
+from sgpt.core.safe_pickle import torch_load
+from sgpt.units.hubert import load_hubert
+from sgpt.units.kmeans import KMeansQuantizer, learn_kmeans
 
 LAYERS = 3
 

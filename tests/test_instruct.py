@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from sgpt.errors import AudioError, RecordError, SgptError
-from sgpt.instruct import (
+from sgpt.core.errors import AudioError, RecordError, SgptError
+from sgpt.lm.prompts import ASR_INSTRUCTIONS, PREFIX, TTS_INSTRUCTIONS
+from sgpt.tokenize.instruct import (
     Quadrupleter,
     TTSCommand,
     chain_of_modality_examples,
@@ -16,7 +17,6 @@ from sgpt.instruct import (
     dedup_units,
     pretrain_text,
 )
-from sgpt.prompts import ASR_INSTRUCTIONS, PREFIX, TTS_INSTRUCTIONS
 
 QUAD = {"id": "q1", "question_text": "What is the time?", "question_units": [4, 4, 5, 6],
         "answer_text": "It is noon.", "answer_units": [7, 8, 8, 9]}
@@ -139,7 +139,7 @@ def test_tts_command_failures():
 
 @pytest.fixture(scope="module")
 def mfcc_encoder(tmp_path_factory):
-    from sgpt.speech_encoder import load_speech_encoder
+    from sgpt.units.speech_encoder import load_speech_encoder
 
     km = tmp_path_factory.mktemp("km") / "km50.npy"
     np.save(km, np.random.default_rng(0).standard_normal((50, 39)).astype(np.float32))

@@ -10,7 +10,7 @@ import sys
 import jiwer
 import pytest
 
-from sgpt.judge import (
+from sgpt.evaluate.judge import (
     CommandJudge,
     JudgeError,
     WhisperJudge,
@@ -21,7 +21,7 @@ from sgpt.judge import (
     unit_error_rate,
     word_error_rate,
 )
-from sgpt.whisper import packaged_whisper_files, whisper_model_dir
+from sgpt.units.whisper import packaged_whisper_files, whisper_model_dir
 
 SENTENCES = [
     "The old man opened the red door.",
@@ -210,7 +210,7 @@ def test_cli_judges_records_and_names_bad_ones(tmp_path, speech):
     # a command judge that answers with the reference sentence for s0 and a wrong one for s1
     cmd = f"case {{wav}} in *s0.wav) echo '{SENTENCES[0]}';; *) echo the old door;; esac"
     summary = tmp_path / "wer.json"
-    done = subprocess.run([sys.executable, "-m", "sgpt.judge", "--judge-cmd", cmd,
+    done = subprocess.run([sys.executable, "-m", "sgpt.evaluate.judge", "--judge-cmd", cmd,
                            "--summary", str(summary), str(recs)],
                           capture_output=True, text=True)
     assert done.returncode == 1
@@ -244,7 +244,7 @@ def test_judge_records_scores_each_group(tmp_path):
 
 def test_pocketsphinx_judge_hears_some_words(speech):
     pytest.importorskip("pocketsphinx")
-    from sgpt.judge import PocketsphinxJudge
+    from sgpt.evaluate.judge import PocketsphinxJudge
 
     hyps = PocketsphinxJudge().transcribe(speech)
     assert len(hyps) == len(speech)

@@ -14,9 +14,9 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-import sgpt.kmeans
-from sgpt.errors import CheckpointError
-from sgpt.kmeans import (
+import sgpt.units.kmeans
+from sgpt.core.errors import CheckpointError
+from sgpt.units.kmeans import (
     FrameReservoir,
     KMeansQuantizer,
     learn_kmeans,
@@ -65,7 +65,7 @@ def test_quantizer_matches_brute_force_in_chunks_and_float32(monkeypatch):
     quantizer = KMeansQuantizer(centroids)
     assert (quantizer.k, quantizer.dim) == (50, 8)
     assert torch.equal(quantizer(feats), brute)
-    monkeypatch.setattr(sgpt.kmeans, "CHUNK_ELEMENTS", 50 * 128)  # 128 rows at a time
+    monkeypatch.setattr(sgpt.units.kmeans, "CHUNK_ELEMENTS", 50 * 128)  # 128 rows at a time
     assert torch.equal(quantizer(feats), brute)
     half = feats.bfloat16()  # quantized in float32
     expected = torch.cdist(half.double(), centroids.double()).argmin(1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from fakes.tokenizers import extended, llama_base
 
-from sgpt.errors import CheckpointError
-from sgpt.llm import (
+from sgpt.core.errors import CheckpointError
+from sgpt.lm.models import (
     MODEL_META,
     copy_tokenizer,
     embeddings_tied,
@@ -22,7 +22,7 @@ from sgpt.llm import (
     save_model_dir,
     vocab_rows,
 )
-from sgpt.tokenizer import SpeechTokenizer
+from sgpt.lm.tokenizer import SpeechTokenizer
 
 
 def tiny_llama(vocab_size: int = 2000, tied: bool = True, seed: int = 0):

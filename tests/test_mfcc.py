@@ -7,9 +7,9 @@ import pytest
 import scipy.fft
 import torch
 
-from sgpt import mfcc
-from sgpt.audio import load_audio
-from sgpt.mfcc import MfccEncoder
+from sgpt.core.audio import load_audio
+from sgpt.units import mfcc
+from sgpt.units.mfcc import MfccEncoder
 
 
 def reference_mfcc(wave: np.ndarray, cmvn: bool = True) -> np.ndarray:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from fakes.tokenizers import extended, random_sentence, random_units
 
-import sgpt.pack as pack_module
-from sgpt.instruct import chain_of_modality_examples, cross_modal_examples
-from sgpt.pack import Inputs, PackConfig, PackedDataset, Packer, PackError
-from sgpt.prompts import MODES, units_text
-from sgpt.tokenizer import SpeechTokenizer
+import sgpt.tokenize.pack as pack_module
+from sgpt.lm.prompts import MODES, units_text
+from sgpt.lm.tokenizer import SpeechTokenizer
+from sgpt.tokenize.instruct import chain_of_modality_examples, cross_modal_examples
+from sgpt.tokenize.pack import Inputs, PackConfig, PackedDataset, Packer, PackError
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sgpt.errors import RecordError
-from sgpt.prompts import (
+from sgpt.core.errors import RecordError
+from sgpt.lm.prompts import (
     ASR_INSTRUCTIONS,
     INSTRUCTIONS,
     MARKERS,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from sgpt.errors import RecordError
-from sgpt.records import RecordWriter, format_record, parse_line, read_records
+from sgpt.core.errors import RecordError
+from sgpt.core.records import RecordWriter, format_record, parse_line, read_records
 
 
 def test_three_line_formats_are_detected():

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgpt.errors import CheckpointError
-from sgpt.safe_pickle import Stub, load_joblib, torch_load
+from sgpt.core.errors import CheckpointError
+from sgpt.core.safe_pickle import Stub, load_joblib, torch_load
 
 joblib = pytest.importorskip("joblib")
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_tool, tool
 from fakes.tokenizers import extended, llama_base
 
-from sgpt.prompts import PREFIX
+from sgpt.lm.prompts import PREFIX
 
 T = "sgpt-tokenize"
 

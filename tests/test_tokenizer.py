@@ -14,14 +14,14 @@ from fakes.tokenizers import (
     speechinstruct_strings,
 )
 
-from sgpt.prompts import (
+from sgpt.lm.prompts import (
     PREFIX,
     chain_of_modality,
     cross_modal,
     inference_prompt,
     units_text,
 )
-from sgpt.tokenizer import (
+from sgpt.lm.tokenizer import (
     META_FILE,
     SpeechTokenizer,
     TokenizerError,

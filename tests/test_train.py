@@ -21,12 +21,12 @@ from conftest import SENTENCES, run_tool, speak, tool
 from fakes.tokenizers import extended
 from test_llm import logits, tiny_llama_dir
 
-from sgpt.files import read_yaml_mapping
-from sgpt.instruct import chain_of_modality_examples, cross_modal_examples
-from sgpt.llm import MODEL_META, embeddings_tied, load_model_dir, vocab_rows
-from sgpt.pack import Inputs, PackConfig, Packer
-from sgpt.train import Run as TrainRun
-from sgpt.train import TrainConfig, TrainError, make_config
+from sgpt.core.files import read_yaml_mapping
+from sgpt.lm.models import MODEL_META, embeddings_tied, load_model_dir, vocab_rows
+from sgpt.tokenize.instruct import chain_of_modality_examples, cross_modal_examples
+from sgpt.tokenize.pack import Inputs, PackConfig, Packer
+from sgpt.train.recipe import Run as TrainRun
+from sgpt.train.recipe import TrainConfig, TrainError, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MORE = SENTENCES + [
@@ -44,10 +44,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def units(tmp_path_factory):
     """Real speech: espeak-ng sentences -> MFCC -> k-means (k=40) -> deduplicated units."""
-    from sgpt.audio import load_audio
-    from sgpt.kmeans import KMeansQuantizer, learn_kmeans
-    from sgpt.mfcc import MfccEncoder
-    from sgpt.speech_encoder import SpeechEncoder
+    from sgpt.core.audio import load_audio
+    from sgpt.units.kmeans import KMeansQuantizer, learn_kmeans
+    from sgpt.units.mfcc import MfccEncoder
+    from sgpt.units.speech_encoder import SpeechEncoder
 
     d = tmp_path_factory.mktemp("speech")
     waves = [load_audio(str(speak(s, d / f"{i}.wav", voice=["en-us", "en-gb"][i % 2])))
@@ -61,7 +61,7 @@ def units(tmp_path_factory):
 
 
 def pack(tok_dir, records, out, stage="auto", **settings) -> Path:
-    from sgpt.tokenizer import SpeechTokenizer
+    from sgpt.lm.tokenizer import SpeechTokenizer
 
     src = Path(str(out) + ".jsonl")
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -139,7 +139,7 @@ def test_gradient_checkpointing_same_weights_and_quiet(data, tmp_path):
     deprecation warning per run on the user's stderr."""
     import warnings
 
-    from sgpt.train import set_checkpointing
+    from sgpt.train.recipe import set_checkpointing
 
     model = load_model_dir(str(data["base"]))[0]
     name = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")

@@ -222,8 +222,8 @@ def test_published_layouts_mhubert_pt_and_sklearn_kmeans_bin(tmp_path, wavs):
     from fakes.mhubert import make_mhubert_checkpoint
     from sklearn.cluster import MiniBatchKMeans
 
-    from sgpt.audio import load_audio
-    from sgpt.hubert import load_hubert
+    from sgpt.core.audio import load_audio
+    from sgpt.units.hubert import load_hubert
 
     ckpt = make_mhubert_checkpoint(tmp_path / "mhubert_base_vp_en_es_fr_it3.pt")
     dense = load_hubert(str(ckpt), layer=2)

@@ -13,10 +13,11 @@ import torch
 from conftest import run_tool, tool
 from fakes.hifigan import one_torch_thread, small_config
 
-from sgpt.audio import load_audio
-from sgpt.errors import SgptError
-from sgpt.hifigan import load_vocoder, read_config
-from sgpt.hifigan_train import (
+from sgpt.core.audio import load_audio
+from sgpt.core.errors import SgptError
+from sgpt.units.speech_encoder import dedup
+from sgpt.vocode.hifigan import load_vocoder, read_config
+from sgpt.vocode.hifigan_train import (
     Trainer,
     TrainOptions,
     amp_dtype,
@@ -24,7 +25,6 @@ from sgpt.hifigan_train import (
     prune_checkpoints,
     training_config,
 )
-from sgpt.speech_encoder import dedup
 
 K = 16
 TRAIN = ["--batch-size", "2", "--segment-size", "1920", "--checkpoint-interval", "1",

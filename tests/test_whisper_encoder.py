@@ -9,9 +9,9 @@ import torch
 from conftest import run_tool
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from sgpt.audio import load_audio
-from sgpt.errors import CheckpointError
-from sgpt.whisper_encoder import WINDOW_SAMPLES, compute_type_for, frame_count, load_whisper
+from sgpt.core.audio import load_audio
+from sgpt.core.errors import CheckpointError
+from sgpt.units.whisper_encoder import WINDOW_SAMPLES, compute_type_for, frame_count, load_whisper
 
 
 @pytest.fixture(scope="module")

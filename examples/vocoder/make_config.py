@@ -7,7 +7,7 @@
 import argparse
 import json
 
-from sgpt.hifigan import MHUBERT_KM1000_CONFIG
+from sgpt.vocode.hifigan import MHUBERT_KM1000_CONFIG
 
 
 def main() -> None:

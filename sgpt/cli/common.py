@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import click
 
-from sgpt.errors import SgptError
+from sgpt.core.errors import SgptError
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
 DTYPE_HELP = "auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16"

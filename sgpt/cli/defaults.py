@@ -1,10 +1,10 @@
-"""The embedded default (sgpt.default) as the tools use it with no model flags."""
+"""The embedded default (sgpt.core.default) as the tools use it with no model flags."""
 
 from __future__ import annotations
 
 import click
 
-from sgpt.default import Default, installed, load_default
+from sgpt.core.default import Default, installed, load_default
 
 
 def embedded_default(tool: str, flags: str, missing: str) -> Default:

@@ -20,7 +20,7 @@ from sgpt.cli.common import (
     shard_option,
 )
 from sgpt.cli.defaults import embedded_default
-from sgpt.errors import RecordError, SgptError
+from sgpt.core.errors import RecordError, SgptError
 
 TOOL = "sgpt-generate"
 
@@ -61,11 +61,11 @@ class Session:
                  dtype: str, sampling, batch_size: int, prefix_cache: bool):
         if not os.path.exists(model):
             raise SgptError(f"{model}: no such model directory or file")
-        from sgpt.device import resolve_device, resolve_dtype
-        from sgpt.errors import CheckpointError
-        from sgpt.generate import Generator
-        from sgpt.llm import load_model_dir, quiet_transformers, vocab_rows
-        from sgpt.tokenizer import TOKENIZER_FILES, SpeechTokenizer
+        from sgpt.core.device import resolve_device, resolve_dtype
+        from sgpt.core.errors import CheckpointError
+        from sgpt.generate.decode import Generator
+        from sgpt.lm.models import load_model_dir, quiet_transformers, vocab_rows
+        from sgpt.lm.tokenizer import TOKENIZER_FILES, SpeechTokenizer
 
         if tokenizer is None and not os.path.isdir(model):
             raise click.UsageError(f"--model {model} is not a directory: pass --tokenizer DIR "
@@ -115,7 +115,7 @@ def _read_config(ctx: click.Context, param, value: str | None):
     """--config FILE.yaml: its settings become the defaults, so flags override them."""
     if value is None:
         return None
-    from sgpt.files import read_yaml_mapping
+    from sgpt.core.files import read_yaml_mapping
 
     try:
         data = read_yaml_mapping(value)
@@ -261,7 +261,7 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
             units_encoder, units_kmeans = found.encoder, str(found.kmeans)
         if interactive and not (vocoder or vocoder_config):
             vocoder = str(found.vocoder)
-    from sgpt.generate import Sampling
+    from sgpt.generate.decode import Sampling
 
     sampling = Sampling(greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
                         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
@@ -269,7 +269,7 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
     instructions = {}
     for name, value in (("asr", asr_instruction), ("tts", tts_instruction)):
         if value is not None:
-            from sgpt.prompts import check_text
+            from sgpt.lm.prompts import check_text
 
             try:
                 instructions[name] = check_text(value, "instruction", f"--{name}-instruction")
@@ -305,8 +305,8 @@ def answer_records(session: Session, sources, output: str, reporter: Reporter,
                    progress: bool | None, task: str, truncate: bool, instructions: dict,
                    keep_order: bool = False, shard: tuple[int, int] = (0, 1)) -> int:
     """Answer every record of ``sources`` (of its ``shard``: then read whole first)."""
-    from sgpt.generate import answer_record, build_prompt
-    from sgpt.records import RecordWriter, read_records
+    from sgpt.core.records import RecordWriter, read_records
+    from sgpt.generate.decode import answer_record, build_prompt
 
     writer = RecordWriter(output)
     generator = session.generator
@@ -373,7 +373,7 @@ class Voice:
             if kmeans is None:
                 raise click.UsageError("-i with audio questions needs --units-kmeans (and "
                                        "--units-checkpoint, or --units-encoder mfcc)")
-            from sgpt.speech_encoder import load_speech_encoder
+            from sgpt.units.speech_encoder import load_speech_encoder
 
             self.encoder = load_speech_encoder(encoder or "hubert", kmeans, checkpoint, layer,
                                                session.device, session.dtype)
@@ -382,15 +382,15 @@ class Voice:
                 raise SgptError(f"--units-kmeans has k={k}, the model's tokenizer "
                                 f"{session.tokenizer.k} units")
         if vocoder:
-            from sgpt.hifigan import load_vocoder
-            from sgpt.vocoder import Vocoder
+            from sgpt.vocode.hifigan import load_vocoder
+            from sgpt.vocode.vocoder import Vocoder
 
             self.vocoder = Vocoder(load_vocoder(vocoder, vocoder_config, session.device,
                                                 session.dtype))
 
     def units(self, path: str) -> dict:
         """A spoken question: the record of an audio file's units."""
-        from sgpt.audio import load_audio
+        from sgpt.core.audio import load_audio
 
         if self.encoder is None:
             raise SgptError(f"{path}: to ask with audio, start with --units-kmeans "
@@ -401,7 +401,7 @@ class Voice:
 
     def speak(self, record: dict, n: int) -> str:
         """Vocode an answer record into wav_dir/answer-N.wav; the path."""
-        from sgpt.audio import write_wav
+        from sgpt.core.audio import write_wav
 
         request = self.vocoder.prepare(record)
         (wave,) = self.vocoder([request])
@@ -418,7 +418,7 @@ def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
     A line is text, the path of an audio file, or, as in the reference CLI, an instruction
     about an audio file: ``Transcribe this. This is input: q.wav``.
     """
-    from sgpt.generate import answer_record, build_prompt
+    from sgpt.generate.decode import answer_record, build_prompt
 
     voice = Voice(session, **speech)
     tty = sys.stdin.isatty()

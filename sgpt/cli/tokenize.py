@@ -18,8 +18,8 @@ from sgpt.cli.common import (
     shard_option,
     shard_range,
 )
-from sgpt.errors import RecordError, SgptError
-from sgpt.records import RecordWriter, read_records
+from sgpt.core.errors import RecordError, SgptError
+from sgpt.core.records import RecordWriter, read_records
 
 TOOL = "sgpt-tokenize"
 
@@ -38,7 +38,7 @@ def _unit_range(k: int | None, tokenizer: str | None) -> int:
     """k from -k, or from the tokenizer directory's metadata, else 1000."""
     if tokenizer is None:
         return k if k is not None else 1000
-    from sgpt.tokenizer import SpeechTokenizer
+    from sgpt.lm.tokenizer import SpeechTokenizer
 
     tk = SpeechTokenizer.from_dir(tokenizer).k
     if k is not None and k != tk:
@@ -144,7 +144,7 @@ def extend(base, output, k, units_only, spacing):
       sgpt-tokenize extend llama-7b-hf -o tok
       sgpt-tokenize extend SmolLM2-135M-Instruct.Q4_1.gguf -k 500 -o tok-smol
     """
-    from sgpt.tokenizer import extend as do_extend
+    from sgpt.lm.tokenizer import extend as do_extend
 
     meta = do_extend(base, output, k, dialog=not units_only, spacing=spacing)
     reporter = Reporter(TOOL)
@@ -177,8 +177,8 @@ def pretrain(k, tokenizer, no_dedup, fmt, output, progress, strict, inputs):
       sgpt-units --encoder mfcc --kmeans km.npy corpus/*.wav | sgpt-tokenize pretrain
       sgpt-tokenize pretrain -k 1000 train.km -o train.txt
     """
-    from sgpt.instruct import pretrain_units
-    from sgpt.prompts import units_text
+    from sgpt.lm.prompts import units_text
+    from sgpt.tokenize.instruct import pretrain_units
 
     reporter = Reporter(TOOL, strict)
     k = _unit_range(k, tokenizer)
@@ -217,8 +217,8 @@ def cross_modal(k, tokenizer, no_dedup, tasks, seed, output, progress, strict, i
       sgpt-units --encoder mfcc --kmeans km.npy --manifest train.tsv \\
         | jq -c '.text = "..."' | sgpt-tokenize cross-modal --seed 1 -o stage2.jsonl
     """
-    from sgpt.instruct import cross_modal_examples
-    from sgpt.prompts import TASKS
+    from sgpt.lm.prompts import TASKS
+    from sgpt.tokenize.instruct import cross_modal_examples
 
     reporter = Reporter(TOOL, strict)
     task_list = _names(tasks, TASKS, "--tasks")
@@ -249,8 +249,8 @@ def chain_of_modality(k, tokenizer, no_dedup, modes, output, progress, strict, i
       sgpt-tokenize quadruplets --encoder mfcc --kmeans km.npy qa.jsonl \\
         | sgpt-tokenize chain-of-modality -o stage3.jsonl
     """
-    from sgpt.instruct import chain_of_modality_examples
-    from sgpt.prompts import MODES
+    from sgpt.lm.prompts import MODES
+    from sgpt.tokenize.instruct import chain_of_modality_examples
 
     reporter = Reporter(TOOL, strict)
     mode_list = _names(modes, MODES, "--modes")
@@ -306,9 +306,9 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
       sgpt-tokenize quadruplets --checkpoint mhubert.pt --kmeans km1000.bin \\
           --tts-cmd 'piper -m en_US-amy.onnx -f {wav}' --voices amy qa.jsonl
     """
-    from sgpt.device import resolve_device, resolve_dtype
-    from sgpt.instruct import DEFAULT_TTS_CMD, DEFAULT_VOICES, Quadrupleter, TTSCommand
-    from sgpt.speech_encoder import load_speech_encoder
+    from sgpt.core.device import resolve_device, resolve_dtype
+    from sgpt.tokenize.instruct import DEFAULT_TTS_CMD, DEFAULT_VOICES, Quadrupleter, TTSCommand
+    from sgpt.units.speech_encoder import load_speech_encoder
 
     reporter = Reporter(TOOL, strict)
     if encoder is None and checkpoint is None:
@@ -386,8 +386,8 @@ def pack(tokenizer, output, stage, block_size, max_length, overlong, train_on_in
       sgpt-tokenize pack --tokenizer tok cross_modal_instruction.jsonl -o packed-s2
       sbatch --array=0-7 --wrap 'sgpt-tokenize pack --tokenizer tok s1.txt -o packed-s1'
     """
-    from sgpt.pack import Inputs, PackConfig, Packer
-    from sgpt.tokenizer import SpeechTokenizer
+    from sgpt.lm.tokenizer import SpeechTokenizer
+    from sgpt.tokenize.pack import Inputs, PackConfig, Packer
 
     reporter = Reporter(TOOL, strict)
     index, count = parse_shard(shard)
@@ -429,8 +429,8 @@ def unpack(packed, tokenizer, output):
     """
     import numpy as np
 
-    from sgpt.pack import PackedDataset
-    from sgpt.tokenizer import SpeechTokenizer
+    from sgpt.lm.tokenizer import SpeechTokenizer
+    from sgpt.tokenize.pack import PackedDataset
 
     ds = PackedDataset(packed)
     path = tokenizer or ds.tokenizer.get("path")

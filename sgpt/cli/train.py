@@ -6,7 +6,7 @@ import click
 
 from sgpt import __version__
 from sgpt.cli.common import DEVICE_HELP, Reporter, progress_bar, run_tool
-from sgpt.errors import SgptError
+from sgpt.core.errors import SgptError
 
 TOOL = "sgpt-train"
 STAGES = ("pretrain", "cross-modal", "chain-of-modality")
@@ -110,8 +110,8 @@ def cli(ctx, config_file, **flags):
       torchrun --nproc-per-node 8 $(which sgpt-train) --config examples/configs/cross-modal.yaml \\
           --model s1 --data packed-s2 -o s2
     """
-    from sgpt.files import read_yaml_mapping
-    from sgpt.train import Run, SettingsError, make_config
+    from sgpt.core.files import read_yaml_mapping
+    from sgpt.train.recipe import Run, SettingsError, make_config
 
     reporter = Reporter(TOOL)
     given = {k: v for k, v in flags.items() if v is not None and v != ()}

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from sgpt import __version__
-from sgpt.audio import SAMPLE_RATE, load_audio, load_audio_bytes, looks_like_audio
 from sgpt.cli.common import (
     DefaultGroup,
     Reporter,
@@ -23,8 +22,9 @@ from sgpt.cli.common import (
     shard_option,
 )
 from sgpt.cli.defaults import embedded_default
-from sgpt.errors import AudioError, RecordError, SgptError
-from sgpt.records import FORMATS, RecordWriter, parse_line
+from sgpt.core.audio import SAMPLE_RATE, load_audio, load_audio_bytes, looks_like_audio
+from sgpt.core.errors import AudioError, RecordError, SgptError
+from sgpt.core.records import FORMATS, RecordWriter, parse_line
 
 TOOL = "sgpt-units"
 
@@ -202,7 +202,7 @@ def _encode_choice(encoder: str | None, checkpoint: str | None, kmeans: str | No
     No --checkpoint and no --kmeans: the default's encoder and k-means; ``--encoder E``
     alone too, when E is the default's encoder (its k-means is for that encoder only).
     """
-    from sgpt.default import installed, load_default
+    from sgpt.core.default import installed, load_default
 
     if kmeans is None and checkpoint is None:
         own = load_default().encoder if encoder is not None and installed() else None
@@ -282,8 +282,8 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
     items = shard_items(gather_items(inputs, manifest, reporter), shard_index)
     if output != "-":
         items = _unique_ids(items, reporter)
-    from sgpt.device import resolve_device
-    from sgpt.speech_encoder import load_speech_encoder
+    from sgpt.core.device import resolve_device
+    from sgpt.units.speech_encoder import load_speech_encoder
 
     dev = resolve_device(device)
     model = load_speech_encoder(dense, kmeans, checkpoint, layer, dev, dtype, dedup=not no_dedup)
@@ -332,10 +332,10 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
       sgpt-units --encoder mfcc --kmeans km100.npy corpus/*.wav > units.jsonl
       sgpt-units learn-kmeans --encoder whisper -k 100 -o whisper_km100.npy corpus/*.wav
     """
-    from sgpt.device import resolve_device
-    from sgpt.kmeans import FrameReservoir, save_centroids
-    from sgpt.kmeans import learn_kmeans as fit
-    from sgpt.speech_encoder import load_speech_encoder
+    from sgpt.core.device import resolve_device
+    from sgpt.units.kmeans import FrameReservoir, save_centroids
+    from sgpt.units.kmeans import learn_kmeans as fit
+    from sgpt.units.speech_encoder import load_speech_encoder
 
     reporter = Reporter(TOOL, strict)
     dense = _dense_choice(encoder, checkpoint)

@@ -23,7 +23,7 @@ from sgpt.cli.common import (
     run_tool,
 )
 from sgpt.cli.defaults import embedded_default
-from sgpt.errors import RecordError, SgptError
+from sgpt.core.errors import RecordError, SgptError
 
 TOOL = "sgpt-vocode"
 
@@ -128,7 +128,7 @@ class Output:
         if self.stream:
             self._stream(pcm16(wave))
             return
-        from sgpt.audio import write_wav
+        from sgpt.core.audio import write_wav
 
         path = self.path(record)
         write_wav(path, wave, self.sample_rate)
@@ -253,10 +253,10 @@ def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, ch
             raise click.UsageError("--config goes with --vocoder g_XXXXXXXX")
         vocoder = str(embedded_default(TOOL, "--vocoder DIR", NO_DEFAULT).vocoder)
 
-    from sgpt.device import resolve_device, resolve_dtype
-    from sgpt.hifigan import load_vocoder
-    from sgpt.records import read_records
-    from sgpt.vocoder import Vocoder
+    from sgpt.core.device import resolve_device, resolve_dtype
+    from sgpt.core.records import read_records
+    from sgpt.vocode.hifigan import load_vocoder
+    from sgpt.vocode.vocoder import Vocoder
 
     dev = resolve_device(device)
     model = load_vocoder(vocoder, config_file, dev, resolve_dtype(dtype, dev))
@@ -368,8 +368,9 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     SIGINT (Ctrl-C) or SIGTERM (timeout, Slurm) finishes the current update, writes a
     g_/do_ checkpoint and exits (130 or 143); a second signal aborts without saving.
     """
-    from sgpt.device import resolve_device, slow_bfloat16_note
-    from sgpt.hifigan_train import (
+    from sgpt.core.device import resolve_device, slow_bfloat16_note
+    from sgpt.core.records import read_records
+    from sgpt.vocode.hifigan_train import (
         Interrupted,
         Trainer,
         TrainOptions,
@@ -377,7 +378,6 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
         make_example,
         training_config,
     )
-    from sgpt.records import read_records
 
     reporter = Reporter(TOOL, strict)
     sources = _inputs(inputs)

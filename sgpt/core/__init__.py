@@ -1,0 +1,2 @@
+"""What every stage shares: records, audio, files, errors, devices, safe unpickling,
+the embedded default."""

@@ -1,0 +1,51 @@
+"""Files written atomically: a killed run never leaves a half file that looks whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Write through ``write(binary_file)`` to a temporary name, then rename onto ``path``."""
+    parent = Path(path).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)  # as -o DIR/FILE means, like the tools' -o DIR
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
+    """Write ``data`` as indented JSON (UTF-8, a final newline) atomically."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file of settings (a mapping; an empty file is {}); SgptError naming it if not."""
+    import yaml
+
+    from sgpt.core.errors import SgptError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise SgptError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise SgptError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise SgptError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise SgptError(f"{path}: a YAML mapping of settings is expected")
+    return values

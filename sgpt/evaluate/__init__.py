@@ -1,0 +1,1 @@
+"""Scores of a model's answers and the offline ASR judge."""

@@ -1,0 +1,2 @@
+"""What tokenize, train and generate share: the vocabulary, prompts, answers, model
+directories."""

@@ -1,0 +1,1 @@
+"""Training data (sgpt-tokenize): SpeechInstruct construction and packing."""

@@ -1,0 +1,1 @@
+"""Training the LLM (sgpt-train): the recipe and its data."""

@@ -1,0 +1,187 @@
+"""Speech to units: a dense encoder and a k-means quantizer, composed.
+
+As textlesslib's SpeechEncoder: ``SpeechEncoder(dense, quantizer)`` returns aligned streams
+(``units``, ``durations``, ``dense``) per utterance. The dense model is any module with
+``forward(wavs [B, T], lengths [B]) -> (feats [B, F, D], feat_lengths [B])``, ``frame_rate``,
+``dim``, ``name``, ``layer`` and ``source`` (``sgpt.units.hubert.HubertEncoder``,
+``sgpt.units.mfcc.MfccEncoder``, ``sgpt.units.whisper_encoder.WhisperEncoder``). Batches are padded;
+each utterance's result is the same as when it is encoded alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sgpt.core.audio import MIN_SAMPLES
+from sgpt.core.errors import CheckpointError
+
+# fairseq's HuBERT feature reader encodes long files in pieces of this many samples (100 s).
+MAX_CHUNK_SAMPLES = 1_600_000
+
+
+def dedup(units: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Merge runs of a repeated unit: ([5, 5, 7], ) -> ([5, 7], [2, 1])."""
+    out: list[int] = []
+    durations: list[int] = []
+    for u in units:
+        if out and out[-1] == u:
+            durations[-1] += 1
+        else:
+            out.append(int(u))
+            durations.append(1)
+    return out, durations
+
+
+def chunk_bounds(n_samples: int, max_chunk: int = MAX_CHUNK_SAMPLES) -> list[tuple[int, int]]:
+    """Pieces of at most ``max_chunk`` samples; a tail too short to encode joins the last."""
+    bounds = [(s, min(s + max_chunk, n_samples)) for s in range(0, n_samples, max_chunk)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_SAMPLES:
+        tail = bounds.pop()
+        bounds[-1] = (bounds[-1][0], tail[1])
+    return bounds
+
+
+def plan_batches(lengths: Sequence[int], max_samples: int) -> list[list[int]]:
+    """Indices grouped so that each padded batch holds at most ``max_samples`` samples.
+
+    Longest first, so padding stays small; an item longer than the bound goes alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_samples:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class SpeechEncoder(nn.Module):
+    """Dense features -> k-means units -> (optionally) deduplicated units with durations."""
+
+    def __init__(self, dense: nn.Module, quantizer: nn.Module | None = None,
+                 dedup: bool = True, max_chunk: int = MAX_CHUNK_SAMPLES):
+        super().__init__()
+        self.dense = dense
+        self.quantizer = quantizer
+        self.dedup = dedup
+        self.max_chunk = max_chunk
+        if quantizer is not None:
+            quantizer.check_dim(dense.dim, f"the {dense.name} encoder's features")
+        # follows .to(): a weights-free dense model has no parameters to tell the device
+        self.register_buffer("_where", torch.empty(0), persistent=False)
+
+    @property
+    def meta(self) -> dict:
+        """What records' ``units_meta`` says of the units this encoder makes."""
+        encoder = self.dense.name
+        if self.dense.source != self.dense.name:
+            encoder += f":{self.dense.source}"
+        return {"encoder": encoder, "layer": self.dense.layer,
+                "k": self.quantizer.k if self.quantizer is not None else None,
+                "frame_rate": self.dense.frame_rate, "dedup": self.dedup}
+
+    @property
+    def device(self) -> torch.device:
+        return self._where.device
+
+    @torch.inference_mode()
+    def features(self, waves: Sequence[np.ndarray], max_samples: int | None = None
+                 ) -> list[torch.Tensor]:
+        """Dense features [F, D] per waveform (16 kHz mono float32), in input order.
+
+        Long waveforms are encoded in ``max_chunk`` pieces, as the reference does. Pieces
+        are packed into padded batches of at most ``max_samples`` samples (default: one
+        piece per batch).
+        """
+        pieces: list[tuple[int, np.ndarray]] = []
+        for w, wave in enumerate(waves):
+            pieces += [(w, wave[a:b]) for a, b in chunk_bounds(len(wave), self.max_chunk)]
+        lengths = [len(p) for _, p in pieces]
+        out: list[torch.Tensor | None] = [None] * len(pieces)
+        device = self.device
+        for batch in plan_batches(lengths, max_samples or 0):
+            wavs = torch.zeros(len(batch), lengths[batch[0]])
+            for row, i in enumerate(batch):
+                wavs[row, : lengths[i]] = torch.from_numpy(pieces[i][1])
+            lens = torch.tensor([lengths[i] for i in batch])
+            feats, feat_lens = self.dense(wavs.to(device), lens.to(device))
+            for row, i in enumerate(batch):
+                out[i] = feats[row, : int(feat_lens[row])].float()
+        per_wave: list[list[torch.Tensor]] = [[] for _ in waves]
+        for (w, _), feats in zip(pieces, out):
+            per_wave[w].append(feats)
+        return [torch.cat(f) for f in per_wave]
+
+    @torch.inference_mode()
+    def forward(self, waves: Sequence[np.ndarray], max_samples: int | None = None,
+                return_dense: bool = False) -> list[dict]:
+        """``{"units", "durations"?, "dense"?}`` per waveform, in input order."""
+        if self.quantizer is None:
+            raise ValueError("this SpeechEncoder has no quantizer")
+        results = []
+        for feats in self.features(waves, max_samples):
+            units = self.quantizer(feats).tolist()
+            result: dict = {"units": units}
+            if self.dedup:
+                result["units"], result["durations"] = dedup(units)
+            if return_dense:
+                result["dense"] = feats
+            results.append(result)
+        return results
+
+
+def load_dense(encoder: str, checkpoint: str | None = None, layer: int = 11,
+               device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto"
+               ) -> nn.Module:
+    """The dense model: ``mfcc`` (weights-free), ``hubert`` (a fairseq .pt or HF dir) or
+    ``whisper`` (CTranslate2; built on ``device`` in ``dtype``, which only it uses here)."""
+    if encoder == "mfcc":
+        from sgpt.units.mfcc import MfccEncoder
+
+        return MfccEncoder()
+    if encoder == "hubert":
+        if checkpoint is None:
+            raise CheckpointError("the hubert encoder needs --checkpoint (a fairseq .pt file "
+                                  "or a transformers HubertModel directory)")
+        from sgpt.units.hubert import load_hubert
+
+        return load_hubert(checkpoint, layer)
+    if encoder == "whisper":
+        from sgpt.units.whisper_encoder import load_whisper
+
+        return load_whisper(checkpoint, device, dtype)
+    raise CheckpointError(f"unknown encoder {encoder!r} (use hubert, mfcc or whisper)")
+
+
+def load_speech_encoder(encoder: str, kmeans: str | None, checkpoint: str | None = None,
+                        layer: int = 11, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32,
+                        dedup: bool = True) -> SpeechEncoder:
+    """A ready SpeechEncoder on ``device``: the dense model in ``dtype``, k-means in float32.
+
+    ``dtype`` is a torch dtype or a ``--dtype`` name (``auto`` resolved for ``device``; the
+    whisper encoder reads ``auto`` as int8 on CPU). Whisper's pieces are its 30 s windows.
+    """
+    from sgpt.units.kmeans import KMeansQuantizer, load_centroids
+
+    max_chunk = MAX_CHUNK_SAMPLES
+    if encoder == "whisper":
+        from sgpt.units.whisper_encoder import WINDOW_SAMPLES
+
+        dense = load_dense(encoder, checkpoint, layer, device, dtype)
+        max_chunk = WINDOW_SAMPLES
+    else:
+        if isinstance(dtype, str):
+            from sgpt.core.device import resolve_dtype
+
+            dtype = resolve_dtype(dtype, torch.device(device))
+        dense = load_dense(encoder, checkpoint, layer).to(dtype=dtype)
+    quantizer = None
+    if kmeans is not None:
+        quantizer = KMeansQuantizer(torch.from_numpy(load_centroids(kmeans)))
+    return SpeechEncoder(dense, quantizer, dedup=dedup, max_chunk=max_chunk).to(device).eval()

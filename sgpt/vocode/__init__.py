@@ -1,0 +1,1 @@
+"""Units back to speech (sgpt-vocode): the unit HiFi-GAN, its training, and vocoding."""
