@@ -36,9 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sgpt.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from sgpt.core.stream import dedup  # noqa: E402
 from sgpt.evaluate.judge import edit_distance  # noqa: E402
 from sgpt.units.kmeans import KMeansQuantizer, learn_kmeans  # noqa: E402
-from sgpt.units.speech_encoder import dedup, load_speech_encoder  # noqa: E402
+from sgpt.units.speech_encoder import load_speech_encoder  # noqa: E402
 
 SENTENCES = [
     "the old man opened the red door",

@@ -263,8 +263,8 @@ def test_prepare_checks_and_duration_modes(tmp_path):
     model = load_vocoder(str(fabricate_vocoder(tmp_path, small_config())))
     voc = Vocoder(model)
     for record, reason in [
-        ({"id": "x", "units": [1, 100]}, "unit 100 out of range"),
-        ({"id": "x", "units": []}, "empty unit sequence"),
+        ({"id": "x", "units": [1, 100]}, "unit 100 in 'units' is outside 0..99"),
+        ({"id": "x", "units": []}, "'units' is empty"),
         ({"id": "x"}, "no 'units'"),
         ({"id": "x", "units": [1, 2], "durations": [1]}, "one per unit"),
         ({"id": "x", "units": [1], "units_meta": {"k": 1000}}, "k=1000"),

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from sgpt.core.errors import AudioError, RecordError, SgptError
+from sgpt.core.stream import merge_runs
 from sgpt.lm.prompts import ASR_INSTRUCTIONS, PREFIX, TTS_INSTRUCTIONS
 from sgpt.tokenize.instruct import (
     Quadrupleter,
     TTSCommand,
     chain_of_modality_examples,
     cross_modal_examples,
-    dedup_units,
     pretrain_text,
 )
 
@@ -22,9 +22,9 @@ QUAD = {"id": "q1", "question_text": "What is the time?", "question_units": [4, 
         "answer_text": "It is noon.", "answer_units": [7, 8, 8, 9]}
 
 
-def test_dedup_units():
-    assert dedup_units([5, 5, 7, 5, 5, 5]) == [5, 7, 5]
-    assert dedup_units([]) == []
+def test_merge_runs():
+    assert merge_runs([5, 5, 7, 5, 5, 5]) == [5, 7, 5]
+    assert merge_runs([]) == []
 
 
 def test_pretrain_text():

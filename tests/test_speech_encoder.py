@@ -2,9 +2,10 @@ import numpy as np
 import torch
 
 from sgpt.core.audio import load_audio
+from sgpt.core.stream import dedup
 from sgpt.units.kmeans import KMeansQuantizer
 from sgpt.units.mfcc import MfccEncoder
-from sgpt.units.speech_encoder import SpeechEncoder, chunk_bounds, dedup, plan_batches
+from sgpt.units.speech_encoder import SpeechEncoder, chunk_bounds, plan_batches
 
 
 def test_dedup_merges_runs_into_durations():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +257,39 @@ def test_published_layouts_mhubert_pt_and_sklearn_kmeans_bin(tmp_path, wavs):
     bad = run_tool("sgpt-units", *args[:2], "--layer", "9", "--kmeans", tmp_path / "km.bin",
                    wavs[0])
     assert bad.returncode == 1 and "use 1 to 3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# A tool run with one more entry in a table: the entry as a plugin author writes it.
+WITH_TOY = """
+import sys
+from sgpt.units.encoders import DENSE_MODELS, DenseModel
+DENSE_MODELS["toy"] = DenseModel("toy_encoder:load", "log energy and zero-crossing rate")
+from sgpt.cli.units import main
+sys.argv[0] = "sgpt-units"
+main()
+"""
+
+
+def test_a_new_encoder_is_one_module_and_one_table_entry(wavs, tmp_path):
+    plugins = str(Path(__file__).parent / "plugins")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")]))}
+
+    def units(*args):
+        return subprocess.run([sys.executable, "-c", WITH_TOY, *map(str, args)],
+                              capture_output=True, text=True, env={**os.environ, **env})
+
+    assert "toy (log energy and zero-crossing rate)" in units("--help").stdout
+    km = tmp_path / "toy.npy"
+    r = units("learn-kmeans", "--encoder", "toy", "-k", 4, "-o", km, *wavs)
+    assert r.returncode == 0, r.stderr
+    assert np.load(km).shape == (4, 2)
+    r = units("--encoder", "toy", "--kmeans", km, *wavs)
+    assert r.returncode == 0, r.stderr
+    out = records(r.stdout)
+    assert [len(rec["units"]) > 3 for rec in out] == [True] * len(wavs)
+    assert out[0]["units_meta"] == {"encoder": "toy", "layer": None, "k": 4,
+                                    "frame_rate": 50.0, "dedup": True}
+    assert all(0 <= u < 4 for rec in out for u in rec["units"])
+    # without the entry it is an unknown choice, a usage error
+    r = run_tool("sgpt-units", "--encoder", "toy", "--kmeans", km, wavs[0])
+    assert r.returncode == 2 and "'toy' is not one of" in r.stderr

@@ -119,14 +119,15 @@ def test_batches_and_chunks_give_the_same_audio(vocoder, tmp_path):
 
 
 BAD = [
-    ('{"id": "range", "units": [1, 100]}', "range: unit 100 out of range"),
+    ('{"id": "range", "units": [1, 100]}',
+     "range: unit 100 in 'units' is outside 0..99 (this vocoder has 100 units)"),
     ('{"id": "neg", "units": [1, -2]}', "neg: 'units' must be a list of integers >= 0"),
-    ('{"id": "empty", "units": []}', "empty: empty unit sequence"),
+    ('{"id": "empty", "units": []}', "empty: 'units' is empty"),
     ('{"id": "dur", "units": [1, 2], "durations": [3]}', "dur: 'durations' and 'units' differ"),
     ('{"id": "none", "text": "no units"}', "none: no 'units' to vocode"),
     ('{"id": "k", "units": [1], "units_meta": {"k": 1000}}', "k: units are from k-means"),
     ('{"id": "trunc", "units": [1, 2', "bad.jsonl:9: malformed JSON"),
-    ("<sosp><eosp>", "bad_10: empty unit sequence"),
+    ("<sosp><eosp>", "bad_10: 'units' is empty"),
     ("hello", "bad.jsonl:11: not a JSON record"),
 ]
 

@@ -111,6 +111,19 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
+class TableChoice(click.Choice):
+    """click.Choice over the names of a table (a dict such as sgpt.units.encoders'
+    DENSE_MODELS), read when the command line is parsed: an entry added is a choice."""
+
+    def __init__(self, table: dict):
+        self.table = table
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.table)
+
+
 def parse_shard(value: str | None) -> tuple[int, int]:
     """``I/N`` (0-based I) -> (I, N). None -> from SLURM array variables, else (0, 1)."""
     if value is None:

@@ -11,6 +11,7 @@ import click
 from sgpt import __version__
 from sgpt.cli.common import (
     Reporter,
+    TableChoice,
     device_options,
     parse_shard,
     progress_bar,
@@ -21,6 +22,7 @@ from sgpt.cli.common import (
 )
 from sgpt.cli.defaults import embedded_default
 from sgpt.core.errors import RecordError, SgptError
+from sgpt.units.encoders import CHECKPOINT_ENCODER, DENSE_MODELS
 
 TOOL = "sgpt-generate"
 
@@ -168,8 +170,9 @@ def speech_options(fn):
     fn = click.option("--units-checkpoint", type=click.Path(),
                       help="-i: HuBERT/mHuBERT checkpoint (as for sgpt-units "
                            "--checkpoint).")(fn)
-    return click.option("--units-encoder", type=click.Choice(["hubert", "mfcc", "whisper"]),
-                        help="-i: dense features for audio questions (default hubert when "
+    return click.option("--units-encoder", type=TableChoice(DENSE_MODELS),
+                        help="-i: dense features for audio questions, as sgpt-units "
+                             f"--encoder (default {CHECKPOINT_ENCODER} when "
                              "--units-checkpoint is given). With no --model and no --units-* "
                              "flags: the embedded default's encoder and k-means.")(fn)
 
@@ -375,8 +378,9 @@ class Voice:
                                        "--units-checkpoint, or --units-encoder mfcc)")
             from sgpt.units.speech_encoder import load_speech_encoder
 
-            self.encoder = load_speech_encoder(encoder or "hubert", kmeans, checkpoint, layer,
-                                               session.device, session.dtype)
+            self.encoder = load_speech_encoder(encoder or CHECKPOINT_ENCODER, kmeans,
+                                               checkpoint, layer, session.device,
+                                               session.dtype)
             k = self.encoder.meta["k"]
             if k != session.tokenizer.k:
                 raise SgptError(f"--units-kmeans has k={k}, the model's tokenizer "

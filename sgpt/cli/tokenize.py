@@ -9,6 +9,7 @@ import click
 from sgpt import __version__
 from sgpt.cli.common import (
     Reporter,
+    TableChoice,
     device_options,
     parse_shard,
     progress_bar,
@@ -20,6 +21,7 @@ from sgpt.cli.common import (
 )
 from sgpt.core.errors import RecordError, SgptError
 from sgpt.core.records import RecordWriter, read_records
+from sgpt.units.encoders import CHECKPOINT_ENCODER, DENSE_MODELS
 
 TOOL = "sgpt-tokenize"
 
@@ -261,12 +263,11 @@ def chain_of_modality(k, tokenizer, no_dedup, modes, output, progress, strict, i
 
 
 @cli.command()
-@click.option("--encoder", type=click.Choice(["hubert", "mfcc", "whisper"]),
-              help="Dense features, as in sgpt-units: hubert (needs --checkpoint), mfcc "
-                   "(weights-free) or whisper (Whisper base's encoder).")
+@click.option("--encoder", type=TableChoice(DENSE_MODELS),
+              help="Dense features, as sgpt-units --encoder.")
 @click.option("--checkpoint", type=click.Path(),
-              help="fairseq HuBERT/mHuBERT .pt or transformers HubertModel directory "
-                   "(implies --encoder hubert).")
+              help="The encoder's weights, as sgpt-units --checkpoint (a fairseq "
+                   f"HuBERT/mHuBERT .pt: implies --encoder {CHECKPOINT_ENCODER}).")
 @click.option("--layer", type=int, default=11, show_default=True,
               help="HuBERT layer whose output is clustered.")
 @click.option("--kmeans", type=click.Path(), required=True,
@@ -306,7 +307,7 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
       sgpt-tokenize quadruplets --checkpoint mhubert.pt --kmeans km1000.bin \\
           --tts-cmd 'piper -m en_US-amy.onnx -f {wav}' --voices amy qa.jsonl
     """
-    from sgpt.core.device import resolve_device, resolve_dtype
+    from sgpt.core.device import resolve_device
     from sgpt.tokenize.instruct import DEFAULT_TTS_CMD, DEFAULT_VOICES, Quadrupleter, TTSCommand
     from sgpt.units.speech_encoder import load_speech_encoder
 
@@ -331,9 +332,8 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
         reporter.info(f"resuming: {len(records) - len(todo)} of {len(records)} already in "
                       f"{output}")
     dev = resolve_device(device)
-    model = load_speech_encoder(encoder or "hubert", kmeans, checkpoint, layer, dev,
-                                dtype if encoder == "whisper" else resolve_dtype(dtype, dev),
-                                dedup=True)
+    model = load_speech_encoder(encoder or CHECKPOINT_ENCODER, kmeans, checkpoint, layer, dev,
+                                dtype, dedup=True)
     speak = Quadrupleter(model, tts, voice_list, seed, jobs)
     with progress_bar(progress, len(todo), "quadruplets") as advance:
         for start in range(0, len(todo), batch_size):

@@ -13,6 +13,7 @@ from sgpt import __version__
 from sgpt.cli.common import (
     DefaultGroup,
     Reporter,
+    TableChoice,
     device_options,
     parse_shard,
     progress_bar,
@@ -25,6 +26,7 @@ from sgpt.cli.defaults import embedded_default
 from sgpt.core.audio import SAMPLE_RATE, load_audio, load_audio_bytes, looks_like_audio
 from sgpt.core.errors import AudioError, RecordError, SgptError
 from sgpt.core.records import FORMATS, RecordWriter, parse_line
+from sgpt.units.encoders import CHECKPOINT_ENCODER, DENSE_MODELS, encoder_help
 
 TOOL = "sgpt-units"
 
@@ -170,15 +172,10 @@ def encoder_options(fn):
     fn = click.option("--layer", type=int, default=11, show_default=True,
                       help="HuBERT layer whose output is clustered (fairseq's output_layer).")(fn)
     fn = click.option("--checkpoint", type=click.Path(),
-                      help="fairseq HuBERT/mHuBERT .pt file, or a transformers HubertModel "
-                           "directory (implies --encoder hubert unless --encoder says "
-                           "otherwise).")(fn)
-    return click.option("--encoder", type=click.Choice(["hubert", "mfcc", "whisper"]),
-                        help="Dense features: hubert (needs --checkpoint), mfcc "
-                             "(weights-free MFCC + deltas, 50 frames/s) or whisper (Whisper "
-                             "base's encoder, 512 dims, 50 frames/s, via CTranslate2; "
-                             "--checkpoint may name another CTranslate2 Whisper "
-                             "directory).")(fn)
+                      help="The encoder's weights: a fairseq HuBERT/mHuBERT .pt file, or a "
+                           f"transformers HubertModel directory (implies --encoder "
+                           f"{CHECKPOINT_ENCODER} unless --encoder says otherwise).")(fn)
+    return click.option("--encoder", type=TableChoice(DENSE_MODELS), help=encoder_help())(fn)
 
 
 def input_options(fn):
@@ -192,7 +189,7 @@ def input_options(fn):
 def _dense_choice(encoder: str | None, checkpoint: str | None) -> str:
     if encoder is None and checkpoint is None:
         raise click.UsageError(NO_ENCODER)
-    return encoder or "hubert"
+    return encoder or CHECKPOINT_ENCODER
 
 
 def _encode_choice(encoder: str | None, checkpoint: str | None, kmeans: str | None
@@ -217,7 +214,7 @@ def _encode_choice(encoder: str | None, checkpoint: str | None, kmeans: str | No
     if encoder is None and checkpoint is None:
         raise click.UsageError("--kmeans needs the encoder whose features it clusters: "
                                "--encoder mfcc|whisper, or --checkpoint HUBERT.pt")
-    return encoder or "hubert", kmeans
+    return encoder or CHECKPOINT_ENCODER, kmeans
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sgpt.core.errors import CheckpointError
+from sgpt.units.encoders import DENSE_MODELS
 
 ENV = "SGPT_DEFAULT"
 DEFAULT_FILE = "default.json"
 FORMAT = "sgpt-default"
 PYPI = "pypi:"
 OFF = "none"
-ENCODERS = ("hubert", "mfcc", "whisper")
 
 
 def packaged_dir() -> Path:
@@ -121,8 +121,9 @@ def load_default() -> Default:
         return p.resolve()
 
     encoder = text("encoder")
-    if encoder not in ENCODERS:
-        raise CheckpointError(f"{f}: encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
+    if encoder not in DENSE_MODELS:
+        raise CheckpointError(f"{f}: encoder {encoder!r} is not one of "
+                              f"{', '.join(DENSE_MODELS)}")
     k = data.get("k")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise CheckpointError(f"{f}: 'k' must be a positive integer")

@@ -43,6 +43,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from sgpt.core import stream
 from sgpt.core.errors import RecordError, SgptError, first_line
 from sgpt.evaluate.judge import (
     JudgeError,
@@ -51,7 +52,6 @@ from sgpt.evaluate.judge import (
     normalize_text,
     word_error_rate,
 )
-from sgpt.tokenize.instruct import dedup_units
 
 NORMALIZATION = ("sgpt.evaluate.judge.normalize_text: NFKC, lowercase, numbers 0-999,999 "
                  "spelled out, '%' as 'percent', punctuation except in-word apostrophes "
@@ -522,10 +522,7 @@ def _units(record: dict) -> list[int] | None:
     units = record.get("units")
     if not isinstance(units, list) or not units:
         return None
-    meta = record.get("units_meta")
-    if isinstance(meta, dict) and meta.get("dedup") is False:
-        return dedup_units(units)
-    return list(units)
+    return stream.heard_units(record)
 
 
 def score_units(answers: list[dict], reference_units: list[dict] | None = None,

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sgpt.core import stream
 from sgpt.core.errors import RecordError
 from sgpt.lm.answers import Answer, parse_answer
 from sgpt.lm.prompts import (
@@ -108,29 +109,13 @@ class Result:
 
 # --- prompts ------------------------------------------------------------------------------
 
-def _dedup(units: list[int]) -> list[int]:
-    return [u for i, u in enumerate(units) if i == 0 or u != units[i - 1]]
-
-
 def question_units(record: dict, k: int) -> list[int] | None:
-    """The record's units checked against the model's k (deduplicated if they are not)."""
-    rid = record["id"]
-    if "units" not in record:
+    """The record's units checked against the model's k, deduplicated (merged here if they
+    are not); None when it has none."""
+    if not record.get("units"):
         return None
-    units = record["units"]
-    meta = record.get("units_meta")
-    if isinstance(meta, dict) and isinstance(meta.get("k"), int) and meta["k"] != k:
-        raise RecordError(rid, f"units are from k-means with k={meta['k']}, the model has "
-                               f"{k} unit tokens")
-    bad = [u for u in units if not 0 <= u < k]
-    if bad:
-        raise RecordError(rid, f"unit {bad[0]} is unknown to the tokenizer (it has units "
-                               f"0..{k - 1})")
-    if not units:
-        return None
-    if isinstance(meta, dict) and meta.get("dedup") is False:
-        units = _dedup(units)  # SpeechGPT hears deduplicated units
-    return units
+    stream.check_units(record, k, "the model's tokenizer")
+    return stream.heard_units(record)
 
 
 def prompt_text(record: dict, k: int, default_task: str = "chat",

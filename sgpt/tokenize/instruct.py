@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from sgpt.core import stream
 from sgpt.core.errors import AudioError, RecordError, SgptError
 from sgpt.lm.prompts import (
     INSTRUCTIONS,
@@ -54,30 +55,10 @@ DEFAULT_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-us+f3", "en-gb+m3", "e
 DEFAULT_TTS_CMD = "espeak-ng -v {voice} -w {wav} --stdin"
 
 
-def dedup_units(units: Sequence[int]) -> list[int]:
-    """Merge runs of a repeated unit: [5, 5, 7, 5] -> [5, 7, 5]."""
-    out: list[int] = []
-    for u in units:
-        if not out or out[-1] != u:
-            out.append(u)
-    return out
-
-
 def check_units(record: dict, key: str, k: int, dedup: bool = True) -> list[int]:
-    """``record[key]`` as a non-empty list of units in 0..k-1 (runs merged if ``dedup``)."""
-    where = record["id"]
-    if key not in record:
-        raise RecordError(where, f"no '{key}' key")
-    units = record[key]
-    if not isinstance(units, list) or not all(
-            isinstance(u, int) and not isinstance(u, bool) for u in units):
-        raise RecordError(where, f"'{key}' must be a list of integers")
-    if not units:
-        raise RecordError(where, f"'{key}' is empty")
-    bad = next((u for u in units if not 0 <= u < k), None)
-    if bad is not None:
-        raise RecordError(where, f"unit {bad} in '{key}' is outside 0..{k - 1} (k={k})")
-    return dedup_units(units) if dedup else list(units)
+    """``record[key]`` checked (sgpt.core.stream.check_units), runs merged if ``dedup``."""
+    units = stream.check_units(record, k, key=key)
+    return stream.merge_runs(units) if dedup else list(units)
 
 
 def record_text(record: dict, key: str) -> str:

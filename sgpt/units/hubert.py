@@ -132,6 +132,19 @@ def load_hubert(path: str | os.PathLike, layer: int = 11) -> HubertEncoder:
     return HubertEncoder(model, layer, normalize, source).eval()
 
 
+def load(checkpoint: str | None, layer: int, device: str | torch.device,
+         dtype: str | torch.dtype) -> HubertEncoder:
+    """The ``hubert`` entry of sgpt.units.encoders: load_hubert, on ``device`` in ``dtype``."""
+    from sgpt.core.device import resolve_dtype
+
+    if checkpoint is None:
+        raise CheckpointError("the hubert encoder needs --checkpoint (a fairseq .pt file "
+                              "or a transformers HubertModel directory)")
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, torch.device(device))
+    return load_hubert(checkpoint, layer).to(device, dtype)
+
+
 def _check_layer(path: str, layer: int, n_layers: int) -> None:
     if not 1 <= layer <= n_layers:
         raise CheckpointError(f"{path}: layer {layer} is out of range: the model has "

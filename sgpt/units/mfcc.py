@@ -132,3 +132,9 @@ class MfccEncoder(nn.Module):
             var = centered.square().sum(1, keepdim=True) / count
             feats = centered * torch.rsqrt(var + VAR_FLOOR)
         return feats.masked_fill(~valid, 0.0), n_frames
+
+
+def load(checkpoint: str | None, layer: int, device, dtype) -> MfccEncoder:
+    """The ``mfcc`` entry of sgpt.units.encoders: no weights, so no checkpoint, no layer;
+    computed in float32 whatever ``dtype``."""
+    return MfccEncoder().to(device)

@@ -17,23 +17,8 @@ import torch
 from torch import nn
 
 from sgpt.core.audio import MIN_SAMPLES
-from sgpt.core.errors import CheckpointError
-
-# fairseq's HuBERT feature reader encodes long files in pieces of this many samples (100 s).
-MAX_CHUNK_SAMPLES = 1_600_000
-
-
-def dedup(units: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Merge runs of a repeated unit: ([5, 5, 7], ) -> ([5, 7], [2, 1])."""
-    out: list[int] = []
-    durations: list[int] = []
-    for u in units:
-        if out and out[-1] == u:
-            durations[-1] += 1
-        else:
-            out.append(int(u))
-            durations.append(1)
-    return out, durations
+from sgpt.core.stream import dedup
+from sgpt.units.encoders import MAX_CHUNK_SAMPLES, dense_model
 
 
 def chunk_bounds(n_samples: int, max_chunk: int = MAX_CHUNK_SAMPLES) -> list[tuple[int, int]]:
@@ -135,53 +120,22 @@ class SpeechEncoder(nn.Module):
         return results
 
 
-def load_dense(encoder: str, checkpoint: str | None = None, layer: int = 11,
-               device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto"
-               ) -> nn.Module:
-    """The dense model: ``mfcc`` (weights-free), ``hubert`` (a fairseq .pt or HF dir) or
-    ``whisper`` (CTranslate2; built on ``device`` in ``dtype``, which only it uses here)."""
-    if encoder == "mfcc":
-        from sgpt.units.mfcc import MfccEncoder
-
-        return MfccEncoder()
-    if encoder == "hubert":
-        if checkpoint is None:
-            raise CheckpointError("the hubert encoder needs --checkpoint (a fairseq .pt file "
-                                  "or a transformers HubertModel directory)")
-        from sgpt.units.hubert import load_hubert
-
-        return load_hubert(checkpoint, layer)
-    if encoder == "whisper":
-        from sgpt.units.whisper_encoder import load_whisper
-
-        return load_whisper(checkpoint, device, dtype)
-    raise CheckpointError(f"unknown encoder {encoder!r} (use hubert, mfcc or whisper)")
-
-
 def load_speech_encoder(encoder: str, kmeans: str | None, checkpoint: str | None = None,
                         layer: int = 11, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32,
                         dedup: bool = True) -> SpeechEncoder:
-    """A ready SpeechEncoder on ``device``: the dense model in ``dtype``, k-means in float32.
+    """A ready SpeechEncoder on ``device``: the dense model named ``encoder`` (an entry of
+    ``sgpt.units.encoders.DENSE_MODELS``) in ``dtype``, k-means in float32.
 
     ``dtype`` is a torch dtype or a ``--dtype`` name (``auto`` resolved for ``device``; the
-    whisper encoder reads ``auto`` as int8 on CPU). Whisper's pieces are its 30 s windows.
+    whisper encoder reads ``auto`` as int8 on CPU). Long audio is cut in pieces of the
+    encoder's ``max_chunk`` samples (fairseq's 100 s when it names none).
     """
     from sgpt.units.kmeans import KMeansQuantizer, load_centroids
 
-    max_chunk = MAX_CHUNK_SAMPLES
-    if encoder == "whisper":
-        from sgpt.units.whisper_encoder import WINDOW_SAMPLES
-
-        dense = load_dense(encoder, checkpoint, layer, device, dtype)
-        max_chunk = WINDOW_SAMPLES
-    else:
-        if isinstance(dtype, str):
-            from sgpt.core.device import resolve_dtype
-
-            dtype = resolve_dtype(dtype, torch.device(device))
-        dense = load_dense(encoder, checkpoint, layer).to(dtype=dtype)
+    dense = dense_model(encoder).load(checkpoint, layer, device, dtype)
     quantizer = None
     if kmeans is not None:
         quantizer = KMeansQuantizer(torch.from_numpy(load_centroids(kmeans)))
+    max_chunk = getattr(dense, "max_chunk", MAX_CHUNK_SAMPLES)
     return SpeechEncoder(dense, quantizer, dedup=dedup, max_chunk=max_chunk).to(device).eval()

@@ -105,6 +105,7 @@ class WhisperEncoder(nn.Module):
     name = "whisper"
     frame_rate = SAMPLE_RATE / (HOP * STRIDE)
     layer = None  # the encoder's output (after its final layer norm): no layer to choose
+    max_chunk = WINDOW_SAMPLES  # long audio is encoded a window at a time
 
     def __init__(self, model_dir: str | os.PathLike, source: str = "base",
                  device: str | torch.device = "cpu", compute_type: str = "int8",
@@ -185,3 +186,10 @@ def load_whisper(checkpoint: str | os.PathLike | None = None,
     if not (path / "model.bin").is_file():
         raise CheckpointError(f"{checkpoint}: not a CTranslate2 Whisper directory (no model.bin)")
     return WhisperEncoder(path, path.resolve().name, device, compute_type)
+
+
+def load(checkpoint: str | os.PathLike | None, layer: int, device: str | torch.device,
+         dtype: str | torch.dtype) -> WhisperEncoder:
+    """The ``whisper`` entry of sgpt.units.encoders: load_whisper (its last layer: ``layer``
+    is not used)."""
+    return load_whisper(checkpoint, device, dtype)

@@ -41,6 +41,7 @@ from sgpt.core.audio import load_audio
 from sgpt.core.device import fast_bfloat16
 from sgpt.core.errors import AudioError, CheckpointError, RecordError, SgptError
 from sgpt.core.files import write_atomic, write_json
+from sgpt.core.stream import check_units, frame_units
 from sgpt.vocode.hifigan import (
     LRELU_SLOPE,
     MHUBERT_KM1000_CONFIG,
@@ -297,18 +298,6 @@ class Example:
     speaker: int
 
 
-def frame_codes(record: dict) -> list[int]:
-    """A record's units, one per frame: deduplicated units are repeated by their durations."""
-    units = record["units"]
-    if "durations" in record:
-        return [u for u, d in zip(units, record["durations"]) for _ in range(d)]
-    meta = record.get("units_meta")
-    if isinstance(meta, dict) and meta.get("dedup") is False:
-        return list(units)
-    raise RecordError(record["id"], "deduplicated units without 'durations' cannot be aligned "
-                                    "to the audio (encode with durations, or with --no-dedup)")
-
-
 def make_example(record: dict, cfg: HiFiGANConfig) -> Example:
     """Check a training record; RecordError naming it if it cannot be used."""
     rid = record["id"]
@@ -316,10 +305,7 @@ def make_example(record: dict, cfg: HiFiGANConfig) -> Example:
         raise RecordError(rid, "no 'audio' path to train on")
     if not record.get("units"):
         raise RecordError(rid, "no 'units' to train on")
-    bad = [u for u in record["units"] if u >= cfg.num_embeddings]
-    if bad:
-        raise RecordError(rid, f"unit {bad[0]} out of range: the vocoder has units 0 to "
-                               f"{cfg.num_embeddings - 1}")
+    check_units(record, cfg.num_embeddings, "the vocoder")
     speaker = 0
     if cfg.multispkr:
         speaker = record.get("speaker")
@@ -332,7 +318,7 @@ def make_example(record: dict, cfg: HiFiGANConfig) -> Example:
         reason = str(e).split(":")[-1].strip() or "unreadable"
         raise RecordError(rid, f"{record['audio']}: not audio that libsndfile can read "
                                f"({reason})") from None
-    codes = np.asarray(frame_codes(record), dtype=np.int64)
+    codes = np.asarray(frame_units(record), dtype=np.int64)
     # units and audio that do not cover the same time would teach the generator garbage
     # (HuBERT gives len // hop frames, less a fraction; other encoders round otherwise)
     audio_frames = info.frames / info.samplerate * cfg.sampling_rate / cfg.hop

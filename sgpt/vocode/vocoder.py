@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sgpt.core.errors import RecordError, SgptError
+from sgpt.core.stream import check_durations, check_units, is_deduplicated
 from sgpt.vocode.hifigan import UnitHiFiGAN
 
 DUR_MODES = ("auto", "on", "off")
@@ -39,12 +40,6 @@ class _Piece:
     index: int        # which request
     frames: torch.Tensor
     keep: slice       # samples of the output that belong to the utterance
-
-
-def is_deduplicated(record: dict) -> bool:
-    """Units are deduplicated unless ``units_meta.dedup`` is false (man sgpt.7)."""
-    meta = record.get("units_meta")
-    return not (isinstance(meta, dict) and meta.get("dedup") is False)
 
 
 # A batch takes a further (longer) item only while padding stays under this share of the
@@ -92,24 +87,8 @@ class Vocoder:
         units = record.get("units")
         if units is None:
             raise RecordError(rid, "no 'units' to vocode")
-        if not units:
-            raise RecordError(rid, "empty unit sequence")
-        k = self.model.cfg.num_embeddings
-        bad = [u for u in units if not isinstance(u, int) or isinstance(u, bool)
-               or not 0 <= u < k]
-        if bad:
-            raise RecordError(rid, f"unit {bad[0]} out of range: this vocoder has units "
-                                   f"0 to {k - 1}")
-        meta = record.get("units_meta")
-        if isinstance(meta, dict) and isinstance(meta.get("k"), int) and meta["k"] != k:
-            raise RecordError(rid, f"units are from k-means with k={meta['k']}, this vocoder "
-                                   f"has {k} units")
-        durations = record.get("durations")
-        if durations is not None:
-            if (not isinstance(durations, list) or len(durations) != len(units)
-                    or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
-                               for d in durations)):
-                raise RecordError(rid, "'durations' must be integers >= 1, one per unit")
+        check_units(record, self.model.cfg.num_embeddings, "this vocoder")
+        durations = check_durations(record)
         if self.dur_prediction == "on":
             return Request(rid, units, None, True)
         if durations is not None:
