@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import speak
+from conftest import speak, tool
 
 from sgpt.core.errors import SgptError
 from sgpt.evaluate.judge import CommandJudge
@@ -38,7 +38,7 @@ def jsonl(path: Path, records) -> Path:
 
 
 def evaluate(*args, input: str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sgpt.evaluate.scores", *map(str, args)],
+    return subprocess.run([tool("sgpt-evaluate"), *map(str, args)],
                           capture_output=True, text=True, input=input, cwd=cwd, timeout=300)
 
 
@@ -250,7 +250,7 @@ def test_cli_names_bad_records_and_scores_the_others(tmp_path):
     assert "sgpt-evaluate: error: c: an answer of task 'chat', not asr" in lines
     summary = json.loads(r.stdout)
     assert summary["wer"] == pytest.approx(1 / 3) and summary["utterances"] == 1
-    assert summary["command"].startswith("python -m sgpt.evaluate.scores asr")
+    assert summary["command"].startswith("sgpt-evaluate asr")
     per = [json.loads(line) for line in (tmp_path / "per.jsonl").read_text().splitlines()]
     assert [p["id"] for p in per] == ["a"]
 

@@ -9,6 +9,7 @@ import sys
 
 import jiwer
 import pytest
+from conftest import tool
 
 from sgpt.evaluate.judge import (
     CommandJudge,
@@ -210,11 +211,11 @@ def test_cli_judges_records_and_names_bad_ones(tmp_path, speech):
     # a command judge that answers with the reference sentence for s0 and a wrong one for s1
     cmd = f"case {{wav}} in *s0.wav) echo '{SENTENCES[0]}';; *) echo the old door;; esac"
     summary = tmp_path / "wer.json"
-    done = subprocess.run([sys.executable, "-m", "sgpt.evaluate.judge", "--judge-cmd", cmd,
+    done = subprocess.run([tool("sgpt-evaluate"), "judge", "--judge-cmd", cmd,
                            "--summary", str(summary), str(recs)],
                           capture_output=True, text=True)
     assert done.returncode == 1
-    assert "sgpt-judge: error: notext: needs 'audio' and 'text'" in done.stderr
+    assert "sgpt-evaluate: error: notext: needs 'audio' and 'text'" in done.stderr
     assert "Traceback" not in done.stderr
     out = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["id"] for r in out] == ["u0", "u1"] and out[0]["k"] == 1

@@ -36,13 +36,10 @@ WER = (substitutions + deletions + insertions) / reference words, summed over th
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shlex
 import subprocess
-import sys
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,8 +108,10 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> dic
     Returns ``{"wer", "words", "substitutions", "deletions", "insertions", "hits"}``.
     A reference that normalizes to nothing is an error (WER is undefined for it).
     """
-    import jiwer
-
+    try:
+        import jiwer
+    except ImportError:
+        raise JudgeError("jiwer is not installed (pip install 'sgpt[eval]')") from None
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
@@ -312,7 +311,7 @@ def make_judge(kind: str = "whisper", command: str | None = None, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------
-# python -m sgpt.evaluate.judge: judge records that carry 'audio' and a reference text
+# sgpt-evaluate judge: judge records that carry 'audio' and a reference text
 
 
 def judge_records(records: list[dict], judge, ref_key: str = "text",
@@ -336,60 +335,3 @@ def judge_records(records: list[dict], judge, ref_key: str = "text",
                     utterances=len(rs))
             for g, rs in groups.items()}
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m sgpt.evaluate.judge",
-        description="Transcribe the 'audio' of JSONL records with an offline ASR judge and "
-                    "score them against their reference text (WER, normalized as "
-                    "sgpt.evaluate.judge documents). Records with 'judge_text' added go to "
-                    "stdout; the summary to stderr (and --summary FILE).",
-        epilog="example: python -m sgpt.evaluate.judge --summary wer.json resynth.jsonl "
-               "> judged.jsonl")
-    ap.add_argument("records", nargs="*", default=["-"], help="JSONL files, or - for stdin")
-    ap.add_argument("--judge", default="whisper", choices=("whisper", "cmd", "pocketsphinx"))
-    ap.add_argument("--judge-cmd", metavar="'ASR {wav}'", help="shell command printing the "
-                    "transcript of {wav} (implies --judge cmd)")
-    ap.add_argument("--ref-key", default="text", help="record key of the reference text")
-    ap.add_argument("--batch-size", type=int, default=8, help="files per Whisper batch")
-    ap.add_argument("--summary", metavar="FILE.json", help="also write the summary here")
-    ap.add_argument("--group-by", metavar="KEY", help="also score each value of this record "
-                    "key apart (e.g. voice)")
-    args = ap.parse_args(argv)
-    from sgpt.core.files import write_atomic
-    from sgpt.core.records import read_records
-
-    tool = "sgpt-judge"
-    records, failures = [], 0
-    for rec in read_records(args.records):
-        if isinstance(rec, SgptError):
-            print(f"{tool}: error: {rec}", file=sys.stderr)
-            failures += 1
-        elif not isinstance(rec.get("audio"), str) or not isinstance(rec.get(args.ref_key), str):
-            print(f"{tool}: error: {rec['id']}: needs 'audio' and '{args.ref_key}'",
-                  file=sys.stderr)
-            failures += 1
-        else:
-            records.append(rec)
-    if not records:
-        print(f"{tool}: error: no records to judge", file=sys.stderr)
-        return 1
-    try:
-        kwargs = {"batch_size": args.batch_size} if args.judge == "whisper" else {}
-        judge = make_judge(args.judge, args.judge_cmd, **kwargs)
-        summary = judge_records(records, judge, args.ref_key, args.group_by)
-    except (SgptError, ValueError) as e:
-        print(f"{tool}: error: {e}", file=sys.stderr)
-        return 1
-    for rec in records:
-        print(json.dumps(rec, ensure_ascii=False), flush=True)
-    text = json.dumps(summary)
-    print(f"{tool}: {text}", file=sys.stderr)
-    if args.summary:
-        write_atomic(args.summary, lambda f: f.write((text + "\n").encode()))
-    return 1 if failures else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -430,6 +430,49 @@ def answer_matches(reference: str, answer: str) -> bool:
     return bool(ref) and f" {ref} " in f" {normalize_text(answer)} "
 
 
+def _qa_row(item: Item, question_key: str, errors: list[RecordError]) -> dict | None:
+    """The scored row of one QA answer (its text answer; the question and the model's
+    transcript of it, when the question's text is known); None if it has no text."""
+    text = _text(item, "text", errors)
+    if text is None:
+        return None
+    row = {"id": item.id, "reference": item.reference, "text": text,
+           "text_correct": answer_matches(item.reference, text)}
+    question = item.source.get(question_key) if item.source else None
+    if question is None and item.answer is not None:
+        question = lookup(item.answer, question_key)
+    transcript = item.answer.get("transcript") if item.answer is not None else None
+    if isinstance(question, str) and normalize_text(question):
+        row["question"] = question
+        row["transcript"] = transcript if isinstance(transcript, str) else ""
+    if item.answer is None:
+        row["missing"] = True
+    return row
+
+
+def _judge_spoken_answers(rows: list[dict], audio_of: dict[str, str | None], judge,
+                          errors: list[RecordError]) -> list[dict]:
+    """The rows with the judge's transcript of each spoken answer and whether it is right;
+    an answer without audio is wrong, one the judge cannot read is an error and left out."""
+    wavs = [(r, audio_of.get(r["id"])) for r in rows]
+    paths = [a for _, a in wavs if a is not None]
+    texts, failed = transcribe_each(judge, paths)
+    it = iter(zip(texts, range(len(paths))))
+    kept = []
+    for r, audio in wavs:
+        if audio is None:
+            r.update(audio=None, judge_text="", speech_correct=False)
+        else:
+            hyp, i = next(it)
+            if hyp is None:
+                errors.append(RecordError(r["id"], failed[i]))
+                continue
+            r.update(audio=audio, judge_text=hyp,
+                     speech_correct=answer_matches(r["reference"], hyp))
+        kept.append(r)
+    return kept
+
+
 def score_qa(answers: list[dict], judge=None, speech: list[dict] | None = None,
              references: list[dict] | None = None, ref_key: str | None = None,
              question_key: str = "question", original: list[dict] | None = None) -> Scores:
@@ -450,45 +493,14 @@ def score_qa(answers: list[dict], judge=None, speech: list[dict] | None = None,
         by_id = {r["id"]: r for r in speech}
         for rid in audio_of:
             audio_of[rid] = _audio(by_id.get(rid))
-    rows = []
-    for item in items:
-        text = _text(item, "text", errors)
-        if text is None:
-            continue
-        row = {"id": item.id, "reference": item.reference, "text": text,
-               "text_correct": answer_matches(item.reference, text)}
-        question = item.source.get(question_key) if item.source else None
-        if question is None and item.answer is not None:
-            question = lookup(item.answer, question_key)
-        transcript = item.answer.get("transcript") if item.answer is not None else None
-        if isinstance(question, str) and normalize_text(question):
-            row["question"] = question
-            row["transcript"] = transcript if isinstance(transcript, str) else ""
-        if item.answer is None:
-            row["missing"] = True
-        rows.append(row)
+    rows = [row for item in items
+            if (row := _qa_row(item, question_key, errors)) is not None]
     summary: dict = {"task": "qa", "questions": len(rows)}
     if rows:
         right = sum(r["text_correct"] for r in rows)
         summary.update(text_correct=right / len(rows), text_correct_count=right)
     if judge is not None and rows:
-        wavs = [(r, audio_of.get(r["id"])) for r in rows]
-        paths = [a for _, a in wavs if a is not None]
-        texts, failed = transcribe_each(judge, paths)
-        it = iter(zip(texts, range(len(paths))))
-        kept = []
-        for r, audio in wavs:
-            if audio is None:
-                r.update(audio=None, judge_text="", speech_correct=False)
-            else:
-                hyp, i = next(it)
-                if hyp is None:
-                    errors.append(RecordError(r["id"], failed[i]))
-                    continue
-                r.update(audio=audio, judge_text=hyp,
-                         speech_correct=answer_matches(r["reference"], hyp))
-            kept.append(r)
-        rows = kept
+        rows = _judge_spoken_answers(rows, audio_of, judge, errors)
         right = sum(r["speech_correct"] for r in rows)
         summary.update(judge=judge.name, questions=len(rows),
                        text_correct_count=sum(r["text_correct"] for r in rows),
@@ -627,268 +639,3 @@ def render_report(summaries: dict[str, dict]) -> str:
     lines = ["| figure | value | next to it | from |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in report_rows(summaries)]
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# python -m sgpt.evaluate.scores: a thin click CLI over the scores above
-
-TOOL = "sgpt-evaluate"
-
-
-def _read(sources: Sequence[str], errors: list[RecordError]) -> list[dict]:
-    from sgpt.core.records import read_records
-
-    return unique_records(read_records(sources), errors)
-
-
-def _emit(scores: Scores, summary_file: str | None, per_record: str | None, reporter) -> int:
-    import json
-    import shlex
-    import sys
-
-    from sgpt.core.files import write_atomic, write_json
-
-    for warning in scores.warnings:
-        reporter.warn(warning)
-    for e in scores.errors:
-        reporter.error(e.where, e.reason)
-    if not scores.records:
-        reporter.error("input", "no record could be scored")
-        return 1
-    scores.summary["command"] = "python -m sgpt.evaluate.scores " + shlex.join(sys.argv[1:])
-    if per_record is not None:
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scores.records)
-        if per_record == "-":
-            sys.stdout.write(lines)
-            sys.stdout.flush()
-        else:
-            write_atomic(per_record, lambda f: f.write(lines.encode("utf-8")))
-    if summary_file is not None:
-        write_json(summary_file, scores.summary)
-    else:
-        print(json.dumps(scores.summary, indent=2, ensure_ascii=False), flush=True)
-    return reporter.exit_code
-
-
-def main(argv: list[str] | None = None) -> None:
-    import click
-
-    from sgpt import __version__
-    from sgpt.cli.common import Reporter, run_tool
-
-    def common(fn):
-        fn = click.option("--per-record", metavar="FILE|-",
-                          help="Also write one JSONL record per scored item here.")(fn)
-        fn = click.option("--summary", "summary_file", metavar="FILE.json",
-                          help="Write the JSON summary here instead of stdout.")(fn)
-        fn = click.option("--ref-key", metavar="KEY",
-                          help="Key of the reference (dotted for nested: prompt.text); "
-                               "default: see the command's help.")(fn)
-        fn = click.option("--references", metavar="RECORDS",
-                          help="The test set (JSONL, by id): every id in it is scored, an id "
-                               "without an answer as an empty answer.")(fn)
-        return click.argument("inputs", nargs=-1, required=True, metavar="ANSWERS|-...")(fn)
-
-    def judge_options(fn):
-        fn = click.option("--batch-size", type=click.IntRange(min=1), default=8,
-                          show_default=True, help="Files per Whisper batch.")(fn)
-        fn = click.option("--judge-cmd", metavar="'ASR {wav}'",
-                          help="Shell command that prints the transcript of {wav} (implies "
-                               "--judge cmd).")(fn)
-        return click.option("--judge", type=click.Choice(["auto", "whisper", "cmd",
-                                                          "pocketsphinx"]),
-                            default="auto", show_default=True,
-                            help="ASR judge: auto is Whisper base (faster-whisper, packaged "
-                                 "weights), else pocketsphinx with a warning.")(fn)
-
-    def check(per_record, summary_file):
-        if per_record == "-" and summary_file is None:
-            raise click.UsageError("--per-record - needs --summary FILE (stdout cannot hold "
-                                   "both)")
-
-    def judge_of(kind, command, batch_size, reporter):
-        if kind == "cmd" and not command:
-            raise click.UsageError("--judge cmd needs --judge-cmd 'ASR {wav}'")
-        return open_judge(kind, command, batch_size, reporter.warn)
-
-    def load_list(path, errors):
-        return None if path is None else _read([path], errors)
-
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(__version__, prog_name=TOOL)
-    def cli():
-        """Score a SpeechGPT model's answers: asr, judged (spoken answers), qa, units; report
-        puts the summaries in one table. Text is normalized as sgpt.evaluate.judge documents.
-
-        \b
-        Example (examples/eval/Makefile runs the whole evaluation):
-          sgpt-units --encoder mfcc --kmeans km.npy -o sent.units.jsonl - < sentences.jsonl
-          sgpt-generate --task asr -o asr.jsonl sent.units.jsonl
-          python -m sgpt.evaluate.scores asr --summary asr.json asr.jsonl
-        """
-
-    @cli.command()
-    @click.argument("kind", type=click.Choice(sorted(TEST_SETS)))
-    @click.argument("inputs", nargs=-1, required=True, metavar="RECORDS|-...")
-    @click.option("--audio-root", metavar="DIR",
-                  help="Directory that relative 'audio' paths are relative to (default: the "
-                       "working directory); they are written absolute.")
-    @run_tool(TOOL)
-    def prepare(kind, inputs, audio_root):
-        """Check a test set (sentences: id, audio, text; qa: id, audio, question, answer) and
-        write it ready for the tools: absolute audio paths; qa records lose 'text' (the
-        question is spoken: its units alone)."""
-        import json
-
-        reporter = Reporter(TOOL)
-        errors: list[RecordError] = []
-        records = prepare_test_set(_read(inputs, errors), kind, audio_root, errors)
-        for e in errors:
-            reporter.error(e.where, e.reason)
-        for r in records:
-            click.echo(json.dumps(r, ensure_ascii=False))
-        if not records:
-            reporter.error("input", "no usable test record")
-        return reporter.exit_code
-
-    @cli.command()
-    @common
-    @click.option("--group-by", metavar="KEY", help="Also score each value of this key apart.")
-    @run_tool(TOOL)
-    def asr(inputs, references, ref_key, summary_file, per_record, group_by):
-        """WER of task-asr answers ('text') against references.
-
-        The reference: --references RECORDS ('text', or --ref-key), else the answer's
-        'reference' (or --ref-key), else its prompt's 'text'.
-        """
-        check(per_record, summary_file)
-        reporter = Reporter(TOOL)
-        errors: list[RecordError] = []
-        answers = _read(inputs, errors)
-        refs = load_list(references, errors)
-        scores = score_asr(answers, refs, ref_key, group_by)
-        scores.errors[:0] = errors
-        return _emit(scores, summary_file, per_record, reporter)
-
-    @cli.command()
-    @common
-    @judge_options
-    @click.option("--original", metavar="RECORDS",
-                  help="The original recordings of the same sentences ('audio' + 'text'), "
-                       "judged alike: the judge's own WER, reported beside.")
-    @click.option("--group-by", metavar="KEY", help="Also score each value of this key apart.")
-    @run_tool(TOOL)
-    def judged(inputs, references, ref_key, summary_file, per_record, judge, judge_cmd,
-               batch_size, original, group_by):
-        """WER of spoken answers ('audio', as sgpt-vocode -o DIR writes) transcribed by an ASR
-        judge, next to the judge's WER on the original audio of the same sentences.
-
-        The reference: as for asr (a tts prompt's 'text').
-        """
-        check(per_record, summary_file)
-        reporter = Reporter(TOOL)
-        errors: list[RecordError] = []
-        answers = _read(inputs, errors)
-        refs = load_list(references, errors)
-        orig = load_list(original, errors)
-        j = judge_of(judge, judge_cmd, batch_size, reporter)
-        scores = score_judged(answers, j, refs, ref_key, orig, group_by=group_by)
-        scores.errors[:0] = errors
-        return _emit(scores, summary_file, per_record, reporter)
-
-    @cli.command()
-    @common
-    @judge_options
-    @click.option("--speech", metavar="RECORDS",
-                  help="The answers after sgpt-vocode -o DIR ('audio', by id): spoken answers "
-                       "are judged (default: the answers' own 'audio', if any).")
-    @click.option("--no-speech", is_flag=True, help="Score the text answers only (no judge).")
-    @click.option("--original", metavar="RECORDS",
-                  help="The spoken questions ('audio' + 'question'): the judge's WER on them, "
-                       "reported beside.")
-    @click.option("--question-key", default="question", show_default=True,
-                  help="Key of the question's text (for the transcript's WER).")
-    @run_tool(TOOL)
-    def qa(inputs, references, ref_key, summary_file, per_record, judge, judge_cmd,
-           batch_size, speech, no_speech, original, question_key):
-        """Spoken QA: share of correct text answers and spoken answers.
-
-        An answer is correct when the normalized reference answer occurs in it as whole words
-        (the spoken one: in the judge's transcript of its audio). The reference:
-        --references RECORDS ('answer', or --ref-key), else the answer's 'reference', else
-        its 'answer' (passed through from the question record).
-        """
-        check(per_record, summary_file)
-        reporter = Reporter(TOOL)
-        errors: list[RecordError] = []
-        answers = _read(inputs, errors)
-        refs = load_list(references, errors)
-        spoken = load_list(speech, errors)
-        orig = load_list(original, errors)
-        j = None if no_speech else judge_of(judge, judge_cmd, batch_size, reporter)
-        scores = score_qa(answers, j, spoken, refs, ref_key, question_key, orig)
-        scores.errors[:0] = errors
-        return _emit(scores, summary_file, per_record, reporter)
-
-    @cli.command()
-    @click.argument("inputs", nargs=-1, required=True, metavar="ANSWERS|-...")
-    @click.option("--reference-units", metavar="RECORDS",
-                  help="Records with the reference 'units' (by id), e.g. sgpt-units of the "
-                       "original audio: unit edit distance.")
-    @click.option("--seconds", type=click.FloatRange(min=0, min_open=True),
-                  help="Wall time of the generation that wrote the answers: units/s.")
-    @click.option("--summary", "summary_file", metavar="FILE.json",
-                  help="Write the JSON summary here instead of stdout.")
-    @click.option("--per-record", metavar="FILE|-",
-                  help="Also write one JSONL record per answer here.")
-    @run_tool(TOOL)
-    def units(inputs, reference_units, seconds, summary_file, per_record):
-        """Unit-level figures of answers: generated units, units per second, unit edit
-        distance to reference units (deduplicated both)."""
-        check(per_record, summary_file)
-        reporter = Reporter(TOOL)
-        errors: list[RecordError] = []
-        answers = _read(inputs, errors)
-        refs = load_list(reference_units, errors)
-        scores = score_units(answers, refs, seconds)
-        scores.errors[:0] = errors
-        return _emit(scores, summary_file, per_record, reporter)
-
-    @cli.command()
-    @click.argument("summaries", nargs=-1, required=True, metavar="SUMMARY.json...")
-    @click.option("--json", "json_file", metavar="FILE",
-                  help="Also write every summary, keyed by file name, as one JSON file.")
-    @run_tool(TOOL)
-    def report(summaries, json_file):
-        """One Markdown table of the figures of summary files (missing files are skipped
-        with a warning)."""
-        import json
-
-        from sgpt.core.files import write_json
-
-        reporter = Reporter(TOOL)
-        loaded = {}
-        for path in summaries:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-            except FileNotFoundError:
-                reporter.warn(f"{path}: no such summary (that part was not run)")
-                continue
-            except (OSError, ValueError) as e:
-                reporter.error(path, f"not a JSON summary ({first_line(e)})")
-                continue
-            if not isinstance(data, dict) or "task" not in data:
-                reporter.error(path, "not a summary of python -m sgpt.evaluate.scores")
-                continue
-            loaded[path] = data
-        if json_file:
-            write_json(json_file, {os.path.basename(k): v for k, v in loaded.items()})
-        click.echo(render_report(loaded), nl=False)
-        return reporter.exit_code
-
-    cli.main(args=argv, prog_name="python -m sgpt.evaluate.scores")
-
-
-if __name__ == "__main__":
-    main()
