@@ -638,6 +638,24 @@ class Run:
 
     # --- the loop
 
+    def _accumulate(self, model, wrapped, micro: list, denom: int, fsdp: bool) -> float:
+        """Forward and backward over this process's micro-batches of a step, gradients
+        synchronized on the last; the summed loss."""
+        step_loss = 0.0
+        for a, mb in enumerate(micro):
+            batch = collate(self.data, mb, self.pad_id, self.config.max_length)
+            sync = a == len(micro) - 1 or self.dist.world == 1
+            ctx = nullcontext()
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+            elif not sync:
+                ctx = wrapped.no_sync()
+            with ctx:
+                loss = self._loss_sum(wrapped, batch)
+                (loss * self.dist.world / max(1, denom)).backward()
+            step_loss += float(loss.detach())
+        return step_loss
+
     def train(self, advance: Callable[[int], None] = lambda n: None) -> dict:
         if self.finished:
             self.log(f"{self.out}: finished already ({MODEL_META} is there): nothing to do")
@@ -683,19 +701,7 @@ class Run:
                 group["lr"] = lr
             torch.manual_seed(config.seed * 1_000_003 + step * dist.world + dist.rank)
             micro = micro_batches(indices, self.layout, dist.rank)
-            step_loss = 0.0
-            for a, mb in enumerate(micro):
-                batch = collate(self.data, mb, self.pad_id, config.max_length)
-                sync = a == len(micro) - 1 or dist.world == 1
-                ctx = nullcontext()
-                if fsdp:
-                    model.set_requires_gradient_sync(sync)
-                elif not sync:
-                    ctx = wrapped.no_sync()
-                with ctx:
-                    loss = self._loss_sum(wrapped, batch)
-                    (loss * dist.world / max(1, denom)).backward()
-                step_loss += float(loss.detach())
+            step_loss = self._accumulate(model, wrapped, micro, denom, fsdp)
             if config.max_grad_norm > 0:
                 clip_grad_norm(params.values(), config.max_grad_norm, dist, sharded=fsdp)
             optimizer.step()

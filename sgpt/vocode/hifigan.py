@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -174,9 +175,15 @@ class HiFiGANConfig:
         return d
 
     def check(self, where: str) -> None:
+        """CheckpointError naming ``where`` unless the config describes a generator."""
         def bad(reason: str):
             raise CheckpointError(f"{where}: {reason}")
 
+        self._check_stack(bad)
+        self._check_sizes(bad)
+
+    def _check_stack(self, bad: Callable[[str], None]) -> None:
+        """The upsampling and residual blocks."""
         def ints(name, value, minimum=1):
             if not (isinstance(value, list) and value and all(
                     isinstance(v, int) and not isinstance(v, bool) and v >= minimum
@@ -201,6 +208,9 @@ class HiFiGANConfig:
             bad(f"'resblock' must be \"1\" or \"2\", not {self.resblock!r}")
         if self.resblock == "1" and any(len(d) != 3 for d in self.resblock_dilation_sizes):
             bad("resblock \"1\" needs 3 dilations per kernel")
+
+    def _check_sizes(self, bad: Callable[[str], None]) -> None:
+        """Channel counts, the units' input width, the duration predictor's."""
         for name in ("upsample_initial_channel", "num_embeddings", "embedding_dim",
                      "model_in_dim", "num_speakers", "sampling_rate"):
             value = getattr(self, name)
