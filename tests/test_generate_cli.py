@@ -65,7 +65,8 @@ def test_answers_pipe_into_sgpt_vocode_and_bad_records_are_named(model_dir, voco
     assert len(errors) == 4, r.stderr
     assert any(e.startswith("sgpt-generate: error: markup: 'text' contains markup '<eoh>'")
                for e in errors)
-    assert any(e.startswith("sgpt-generate: error: unknown-unit: unit 53 is unknown")
+    assert any(e.startswith("sgpt-generate: error: unknown-unit: unit 53 in 'units' is "
+                            "outside 0..49")
                for e in errors)
     assert any(e.startswith("sgpt-generate: error: empty: nothing to answer") for e in errors)
     assert any(e.startswith("sgpt-generate: error: stdin:9: malformed JSON") for e in errors)
