@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.hifigan import fabricate_vocoder, published_config  # noqa: E402
 
-from sgpt.vocode.hifigan import load_vocoder  # noqa: E402
+from sgpt.vocode.architectures import load_vocoder  # noqa: E402
 from sgpt.vocode.vocoder import Request, Vocoder  # noqa: E402
 
 FRAME_RATE = 50  # frames per second (320 samples at 16 kHz)

@@ -19,7 +19,8 @@ from fakes.hifigan import (
 )
 
 from sgpt.core.errors import CheckpointError, RecordError, SgptError
-from sgpt.vocode.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, load_vocoder, read_config
+from sgpt.vocode.architectures import load_vocoder
+from sgpt.vocode.hifigan import MHUBERT_KM1000_CONFIG, HiFiGANConfig, read_config
 from sgpt.vocode.vocoder import Request, Vocoder, padded_batches
 
 

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +204,44 @@ def test_closed_pipe_ends_quietly(vocoder, tmp_path):
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stderr == ""
+
+
+# A tool run with one more entry in a table: the entry as a plugin author writes it.
+WITH_TOY = """
+import sys
+from sgpt.vocode.architectures import VOCODERS
+VOCODERS["toy"] = "toy_vocoder:load"
+from sgpt.cli.vocode import main
+sys.argv[0] = "sgpt-vocode"
+main()
+"""
+
+
+def test_a_new_vocoder_architecture_is_one_module_and_one_table_entry(tmp_path):
+    plugins = str(Path(__file__).parent / "plugins")
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")]))}
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "config.json").write_text(json.dumps({"arch": "toy", "k": 8}))
+    records = jsonl([{"id": "a", "units": [1, 2, 3], "durations": [2, 1, 3]},
+                     {"id": "b", "units": [7, 7, 7, 7], "units_meta": {"dedup": False}},
+                     {"id": "bad", "units": [9]}])
+    r = subprocess.run([sys.executable, "-c", WITH_TOY, "--vocoder", str(toy), "--chunk", "2",
+                        "-o", str(tmp_path / "wav")], input=records, capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 1, r.stderr
+    assert "sgpt-vocode: error: bad: unit 9 in 'units' is outside 0..7 (this vocoder has 8 " \
+           "units)" in r.stderr
+    out = {rec["id"]: rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert sorted(out) == ["a", "b"]
+    a, rate = sf.read(out["a"]["audio"])
+    assert rate == 16_000 and len(a) == 6 * 320
+    t = np.arange(320) / rate  # frame 0 is unit 1 (120 Hz), frame 2 unit 2 (140 Hz)
+    np.testing.assert_allclose(a[:320], np.sin(2 * np.pi * 120 * t), atol=1e-4)
+    np.testing.assert_allclose(a[640:960], np.sin(2 * np.pi * 140 * t), atol=1e-4)
+    assert len(sf.read(out["b"]["audio"])[0]) == 4 * 320
+    # without the entry: the arch is unknown, one line naming the config
+    r = run_tool("sgpt-vocode", "--vocoder", toy, "-o", tmp_path / "wav2", input=records)
+    assert r.returncode == 1
+    assert f"{toy}/config.json: unknown vocoder arch 'toy' (use hifigan)" in r.stderr

@@ -16,7 +16,8 @@ from fakes.hifigan import one_torch_thread, small_config
 from sgpt.core.audio import load_audio
 from sgpt.core.errors import SgptError
 from sgpt.core.stream import dedup
-from sgpt.vocode.hifigan import load_vocoder, read_config
+from sgpt.vocode.architectures import load_vocoder
+from sgpt.vocode.hifigan import read_config
 from sgpt.vocode.hifigan_train import (
     Trainer,
     TrainOptions,

@@ -386,7 +386,7 @@ class Voice:
                 raise SgptError(f"--units-kmeans has k={k}, the model's tokenizer "
                                 f"{session.tokenizer.k} units")
         if vocoder:
-            from sgpt.vocode.hifigan import load_vocoder
+            from sgpt.vocode.architectures import load_vocoder
             from sgpt.vocode.vocoder import Vocoder
 
             self.vocoder = Vocoder(load_vocoder(vocoder, vocoder_config, session.device,

@@ -255,7 +255,7 @@ def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, ch
 
     from sgpt.core.device import resolve_device, resolve_dtype
     from sgpt.core.records import read_records
-    from sgpt.vocode.hifigan import load_vocoder
+    from sgpt.vocode.architectures import load_vocoder
     from sgpt.vocode.vocoder import Vocoder
 
     dev = resolve_device(device)

@@ -455,6 +455,36 @@ class UnitHiFiGAN(nn.Module):
                                   init_std=0.01)
         self.num_kernels = len(cfg.resblock_kernel_sizes)
 
+    # -- what sgpt-vocode needs of a vocoder (sgpt.vocode.architectures) ---------------------
+
+    @property
+    def k(self) -> int:
+        return self.cfg.num_embeddings
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sampling_rate
+
+    @property
+    def hop(self) -> int:
+        return self.cfg.hop
+
+    @property
+    def num_speakers(self) -> int | None:
+        return self.cfg.num_speakers if self.cfg.multispkr else None
+
+    @property
+    def has_duration_predictor(self) -> bool:
+        return self.dur_predictor is not None
+
+    @property
+    def context(self) -> int | None:
+        return self.cfg.receptive_field() if self.cfg.exact_hop else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.dict.weight.device
+
     # -- units -> frames ----------------------------------------------------------------------
 
     def predict_durations(self, units: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -629,9 +659,10 @@ def load_generator(g_file: str, cfg: HiFiGANConfig) -> UnitHiFiGAN:
     return model
 
 
-def load_vocoder(path: str, config: str | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> UnitHiFiGAN:
-    """A published-layout unit HiFi-GAN, in eval mode with weight norm folded."""
+def load(path: str, config: str | None = None, device: torch.device | str = "cpu",
+         dtype: torch.dtype = torch.float32) -> UnitHiFiGAN:
+    """A published-layout unit HiFi-GAN, in eval mode with weight norm folded (the
+    ``hifigan`` entry of sgpt.vocode.architectures)."""
     g_file, config_file = find_vocoder(path, config)
     cfg = read_config(config_file)
     model = load_generator(g_file, cfg)

@@ -1,4 +1,4 @@
-"""Records to waveforms with a unit HiFi-GAN: checks, durations, batches and chunks.
+"""Records to waveforms with a unit vocoder: checks, durations, batches and chunks.
 
 ``Vocoder.prepare(record)`` turns a record into a ``Request`` (or raises RecordError naming
 it); ``Vocoder.__call__(requests)`` vocodes many at once. Several utterances share one
@@ -18,7 +18,6 @@ import torch
 
 from sgpt.core.errors import RecordError, SgptError
 from sgpt.core.stream import check_durations, check_units, is_deduplicated
-from sgpt.vocode.hifigan import UnitHiFiGAN
 
 DUR_MODES = ("auto", "on", "off")
 
@@ -49,37 +48,39 @@ MAX_PADDING = 0.25
 
 
 class Vocoder:
-    def __init__(self, model: UnitHiFiGAN, dur_prediction: str = "auto",
+    """What sgpt-vocode does with a vocoder of any architecture (the contract in
+    sgpt.vocode.architectures)."""
+
+    def __init__(self, model, dur_prediction: str = "auto",
                  speaker: int | None = None, batch_size: int = 8, chunk: int | None = None,
                  max_padding: float = MAX_PADDING):
         if dur_prediction not in DUR_MODES:
             raise ValueError(f"dur_prediction must be one of {DUR_MODES}")
-        cfg = model.cfg
-        if dur_prediction == "on" and model.dur_predictor is None:
-            raise SgptError("--dur-prediction on: this vocoder has no duration predictor "
-                            "(its config.json has no dur_predictor_params)")
-        if speaker is not None and not cfg.multispkr:
-            raise SgptError("--speaker: this vocoder has one speaker (no 'multispkr' in its "
-                            "config.json)")
-        if speaker is not None and not 0 <= speaker < cfg.num_speakers:
+        speakers = model.num_speakers
+        if dur_prediction == "on" and not model.has_duration_predictor:
+            raise SgptError("--dur-prediction on: this vocoder has no duration predictor")
+        if speaker is not None and speakers is None:
+            raise SgptError("--speaker: this vocoder has one speaker")
+        if speaker is not None and not 0 <= speaker < speakers:
             raise SgptError(f"--speaker {speaker}: this vocoder has speakers 0 to "
-                            f"{cfg.num_speakers - 1}")
-        if chunk is not None and not cfg.exact_hop:
-            raise SgptError("--chunk needs upsample kernels and rates that differ by even "
-                            "numbers (output exactly rate x input)")
+                            f"{speakers - 1}")
+        if chunk is not None and model.context is None:
+            raise SgptError("--chunk: this vocoder's output is not exactly hop samples a "
+                            "frame (for a unit HiFi-GAN: upsample kernels and rates must "
+                            "differ by even numbers)")
         self.model = model
         self.dur_prediction = dur_prediction
-        self.speaker = 0 if cfg.multispkr and speaker is None else speaker
+        self.speaker = 0 if speakers is not None and speaker is None else speaker
         self.batch_size = max(1, batch_size)
         self.max_padding = max_padding
         self.chunk = chunk
-        self.context = cfg.receptive_field()
-        self.sample_rate = cfg.sampling_rate
+        self.context = model.context
+        self.sample_rate = model.sample_rate
         self.warned_no_predictor = False
 
     @property
     def device(self) -> torch.device:
-        return self.model.dict.weight.device
+        return self.model.device
 
     def prepare(self, record: dict) -> Request:
         """Check a record's units (and durations) against the vocoder; RecordError if bad."""
@@ -87,14 +88,14 @@ class Vocoder:
         units = record.get("units")
         if units is None:
             raise RecordError(rid, "no 'units' to vocode")
-        check_units(record, self.model.cfg.num_embeddings, "this vocoder")
+        check_units(record, self.model.k, "this vocoder")
         durations = check_durations(record)
         if self.dur_prediction == "on":
             return Request(rid, units, None, True)
         if durations is not None:
             return Request(rid, units, durations, False)
         predict = (self.dur_prediction == "auto" and is_deduplicated(record)
-                   and self.model.dur_predictor is not None)
+                   and self.model.has_duration_predictor)
         return Request(rid, units, None, predict)
 
     def needs_one_frame_warning(self, request: Request, record: dict) -> bool:
@@ -134,7 +135,7 @@ class Vocoder:
 
     def pieces(self, frames: list[torch.Tensor]) -> list[_Piece]:
         """Whole utterances, or chunks of ``chunk`` frames with ``context`` on either side."""
-        hop = self.model.cfg.hop
+        hop = self.model.hop
         pieces = []
         for index, x in enumerate(frames):
             total = x.shape[-1]

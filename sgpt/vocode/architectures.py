@@ -1,0 +1,72 @@
+"""The vocoder architectures sgpt-vocode runs, chosen by the ``arch`` key of the vocoder's
+config.json (absent: ``hifigan``, the published unit HiFi-GAN layout): one table that
+``load_vocoder`` reads.
+
+An entry names the function that loads a vocoder of that architecture, as
+``module:function``, imported only when it is used; it is called as
+``load(path, config, device, dtype)`` (``path``: the ``--vocoder`` directory or file,
+``config``: ``--config`` or None) and returns a module that keeps this contract, which is all
+that sgpt.vocode.vocoder.Vocoder uses:
+
+    k                       unit ids it knows: 0..k-1
+    sample_rate             of the waveforms it makes
+    hop                     output samples per frame
+    num_speakers            speakers it can speak as (None: one, and no speaker input)
+    has_duration_predictor  whether predict_durations works
+    context                 frames on either side that can change one output sample, or None
+                            when the output is not exactly hop samples a frame (no chunking)
+    device                  where its weights are
+    predict_durations(units [B, U], lengths [B]) -> frames per unit [B, U]
+    frames(units [B, U], lengths [B], durations [B, U] | None, speaker [B] | None)
+        -> (conditioning frames [B, C, T], frame lengths [B])
+    decode(frames [B, C, T], lengths [B]) -> (waveforms [B, N], lengths [B])
+
+Errors are CheckpointError naming the file. A new architecture is one module with such a
+``load`` and one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import torch
+
+from sgpt.core.errors import CheckpointError
+
+VOCODERS: dict[str, str] = {
+    "hifigan": "sgpt.vocode.hifigan:load",
+}
+DEFAULT_ARCH = "hifigan"  # what a config.json without "arch" is: the published layout
+
+
+def config_path(path: str, config: str | None = None) -> str:
+    """The config.json of ``--vocoder PATH [--config FILE]``: FILE, else beside PATH's
+    checkpoints (in the directory PATH, or beside the file PATH)."""
+    if config is not None:
+        return config
+    where = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    return os.path.join(where, "config.json")
+
+
+def vocoder_arch(path: str, config: str | None = None) -> str:
+    """The architecture a vocoder's config.json names (``hifigan`` when it names none or
+    cannot be read: that loader names what is wrong with it)."""
+    try:
+        with open(config_path(path, config), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return DEFAULT_ARCH
+    arch = data.get("arch", DEFAULT_ARCH) if isinstance(data, dict) else DEFAULT_ARCH
+    if arch not in VOCODERS:
+        raise CheckpointError(f"{config_path(path, config)}: unknown vocoder arch {arch!r} "
+                              f"(use {', '.join(VOCODERS)})")
+    return arch
+
+
+def load_vocoder(path: str, config: str | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+    """The vocoder at ``path``, in eval mode on ``device`` in ``dtype``, by its arch."""
+    module, _, function = VOCODERS[vocoder_arch(path, config)].partition(":")
+    return getattr(importlib.import_module(module), function)(path, config, device, dtype)
