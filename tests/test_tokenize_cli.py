@@ -254,7 +254,7 @@ def test_quadruplets_to_chain_of_modality_to_pack(tmp_path, tok_dir):
         {"id": "qa3", "question": "Is it raining?", "answer": "No, the sun is out."},
     ])
     r = sh(f"{T} quadruplets --encoder mfcc --kmeans km.npy --seed 1 qa.jsonl -o quads.jsonl; "
-           f"{T} chain-of-modality quads.jsonl | {T} pack --stage 3 --tokenizer {tok_dir} "
+           f"{T} chain-of-modality -k 40 quads.jsonl | {T} pack --stage 3 --tokenizer {tok_dir} "
            f"-o p - && {T} unpack p", tmp_path)
     assert r.returncode == 0, r.stderr  # the quadruplets run's status is not the pipeline's
     quads = [json.loads(line) for line in lines((tmp_path / "quads.jsonl").read_text())]
