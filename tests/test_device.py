@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sgpt.core.device as device
-import sgpt.vocode.hifigan_train as hifigan_train
+import sgpt.core.training as training
 from sgpt.core.device import fast_bfloat16, resolve_dtype, slow_bfloat16_note
 
 CPU = torch.device("cpu")
@@ -19,9 +19,9 @@ def test_fast_bfloat16_is_what_the_cpu_reports():
 @pytest.mark.parametrize("fast", [True, False])
 def test_auto_training_dtype_and_the_slow_bfloat16_note(monkeypatch, fast):
     monkeypatch.setattr(device, "fast_bfloat16", lambda d: fast)
-    monkeypatch.setattr(hifigan_train, "fast_bfloat16", lambda d: fast)
-    assert hifigan_train.amp_dtype("auto", CPU) == (torch.bfloat16 if fast else None)
-    assert hifigan_train.amp_dtype("bfloat16", CPU) == torch.bfloat16  # asked for: given
+    monkeypatch.setattr(training, "fast_bfloat16", lambda d: fast)
+    assert training.training_dtype("auto", CPU) == (torch.bfloat16 if fast else None)
+    assert training.training_dtype("bfloat16", CPU) == torch.bfloat16  # asked for: given
     note = slow_bfloat16_note(torch.bfloat16, CPU)
     assert (note is None) == fast
     if note:

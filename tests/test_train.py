@@ -288,6 +288,36 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(data, tmp_path
     assert done.exit_code == 0 and "nothing to do" in done.output
 
 
+def test_sigterm_saves_the_step_it_finished_and_the_same_command_resumes(data, tmp_path):
+    """SIGTERM (timeout, Slurm) between checkpoints: the step it lands in is finished and
+    saved, exit 143; the same command ends where an uninterrupted run ends."""
+    args = cli_args(data, tmp_path / "stopped", "--max-steps", 30, "--save-every", 1000)
+    proc = subprocess.Popen([tool("sgpt-train"), *args], env={**os.environ, **ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    stopped_at = json.loads((tmp_path / "stopped" / "checkpoint" / "state.json").read_text()
+                            )["step"]
+    assert 5 <= stopped_at < 30 and not (tmp_path / "stopped" / MODEL_META).exists()
+    assert (f"interrupted by SIGTERM: checkpoint of step {stopped_at} saved in "
+            f"{tmp_path / 'stopped'}; run the same command again to resume") in stderr
+    again = run_tool("sgpt-train", *args, env=ENV)
+    assert again.returncode == 0 and f"at step {stopped_at}" in again.stderr, again.stderr
+    whole = invoke(cli_args(data, tmp_path / "whole", "--max-steps", 30))
+    assert whole.exit_code == 0, whole.output
+    a, b = final_weights(tmp_path / "stopped"), final_weights(tmp_path / "whole")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, strategy):
     """Each process computes its micro-batch as the single process computes the same one, the

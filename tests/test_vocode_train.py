@@ -16,12 +16,12 @@ from fakes.hifigan import one_torch_thread, small_config
 from sgpt.core.audio import load_audio
 from sgpt.core.errors import SgptError
 from sgpt.core.stream import dedup
+from sgpt.core.training import training_dtype
 from sgpt.vocode.architectures import load_vocoder
 from sgpt.vocode.hifigan import read_config
 from sgpt.vocode.hifigan_train import (
     Trainer,
     TrainOptions,
-    amp_dtype,
     make_example,
     prune_checkpoints,
     training_config,
@@ -162,10 +162,10 @@ def test_bfloat16_autocast_step(data, tmp_path):
     """One update under bf16 autocast (what --dtype auto picks on AMX CPUs and CUDA): finite
     losses, float32 master weights in the g_ file, and a generator that loads."""
     d, records = data
-    assert amp_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    assert amp_dtype("float32", torch.device("cpu")) is None
+    assert training_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert training_dtype("float32", torch.device("cpu")) is None
     with pytest.raises(SgptError, match="float16 is not supported"):
-        amp_dtype("float16", torch.device("cpu"))
+        training_dtype("float16", torch.device("cpu"))
     opts = TrainOptions(output=str(tmp_path / "bf16"), steps=1, batch_size=2,
                         segment_size=960, checkpoint_interval=1, log_interval=1)
     cfg = training_config(opts, str(d / "config.json"))

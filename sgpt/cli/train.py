@@ -98,8 +98,9 @@ def cli(ctx, config_file, **flags):
     old, tied heads stay tied). DIR gets the model (or LoRA adapter), the tokenizer,
     sgpt_model.json, train_config.yaml (the effective settings) and metrics.jsonl (loss, lr,
     tokens/s, eval loss). Checkpoints (DIR/checkpoint: safetensors + JSON) let a killed run
-    resume with the same command. Under torchrun, each process takes its share of every
-    batch (DDP; gloo on CPU, NCCL on CUDA). Defaults in [brackets].
+    resume with the same command; SIGINT or SIGTERM (timeout, Slurm) finishes the current
+    step, saves a checkpoint and exits (130 or 143). Under torchrun, each process takes its
+    share of every batch (DDP; gloo on CPU, NCCL on CUDA). Defaults in [brackets].
 
     \b
     Example:
@@ -111,6 +112,7 @@ def cli(ctx, config_file, **flags):
           --model s1 --data packed-s2 -o s2
     """
     from sgpt.core.files import read_yaml_mapping
+    from sgpt.core.training import Interrupted, interrupted_note
     from sgpt.train.recipe import Run, SettingsError, make_config
 
     reporter = Reporter(TOOL)
@@ -139,7 +141,12 @@ def cli(ctx, config_file, **flags):
     enabled = config.progress if main_process else False
     total = getattr(run, "total_steps", None)
     with progress_bar(enabled, total, f"{config.stage}") as advance:
-        last = run.train(advance)
+        try:
+            last = run.train(advance)
+        except Interrupted as e:
+            if main_process:
+                reporter.info(interrupted_note(e, config.output))
+            return 128 + e.signum
     if last and not last.get("finished") and main_process:
         parts = [f"step {last['step']}", f"loss {last['loss']:.4f}"]
         if "eval_loss" in last:

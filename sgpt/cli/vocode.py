@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
 import sys
 
@@ -370,14 +369,8 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     """
     from sgpt.core.device import resolve_device, slow_bfloat16_note
     from sgpt.core.records import read_records
-    from sgpt.vocode.hifigan_train import (
-        Interrupted,
-        Trainer,
-        TrainOptions,
-        amp_dtype,
-        make_example,
-        training_config,
-    )
+    from sgpt.core.training import Interrupted, interrupted_note, training_dtype
+    from sgpt.vocode.hifigan_train import Trainer, TrainOptions, make_example, training_config
 
     reporter = Reporter(TOOL, strict)
     sources = _inputs(inputs)
@@ -398,7 +391,7 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
             reporter.error(e.where, e.reason)
     if not examples:
         raise SgptError("no usable training records")
-    amp = amp_dtype(dtype, dev)
+    amp = training_dtype(dtype, dev)
     note = slow_bfloat16_note(amp, dev)
     if note:
         reporter.info(note)
@@ -411,8 +404,7 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
         except RecordError as e:  # audio that became unreadable mid-run
             reporter.error(e.where, e.reason)
         except Interrupted as e:
-            reporter.info(f"interrupted by {signal.Signals(e.signum).name}: checkpoint of step "
-                          f"{e.steps} saved in {output}; run the same command again to resume")
+            reporter.info(interrupted_note(e, output))
             return 128 + e.signum
     return reporter.exit_code
 

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -37,9 +38,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgpt.core.device import fast_bfloat16, slow_bfloat16_note
+from sgpt.core.device import slow_bfloat16_note
 from sgpt.core.errors import CheckpointError, SgptError
 from sgpt.core.files import read_yaml_mapping
+from sgpt.core.training import (
+    Interrupted,
+    autocast,
+    stop_requests,
+    training_dtype,
+    trim_log,
+)
 from sgpt.lm.models import (
     MODEL_META,
     STAGES,
@@ -562,10 +570,7 @@ class Run:
             self.device = torch.device("cuda", self.dist.local_rank)
         else:
             self.device = resolve_device(config.device)
-        dtype = config.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if fast_bfloat16(self.device) else "float32"
-        self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+        self.autocast_dtype = training_dtype(config.dtype, self.device)
         note = slow_bfloat16_note(self.autocast_dtype, self.device)
         if note and self.dist.main:
             self.log(note)
@@ -599,9 +604,7 @@ class Run:
     # --- pieces of a step
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def _loss_sum(self, model, batch: dict) -> torch.Tensor:
         """Sum of the cross-entropy over the batch's trained tokens."""
@@ -637,6 +640,13 @@ class Run:
         return total / count if count else None
 
     # --- the loop
+
+    def _stop_requested(self, stop: list[int]) -> bool:
+        """Whether SIGINT/SIGTERM asked the run to stop: in any process, so that all of
+        them save the same step's checkpoint together."""
+        if self.dist.world == 1:
+            return bool(stop)
+        return self.dist.sum([1.0 if stop else 0.0])[0] > 0
 
     def _accumulate(self, model, wrapped, micro: list, denom: int, fsdp: bool) -> float:
         """Forward and backward over this process's micro-batches of a step, gradients
@@ -677,7 +687,7 @@ class Run:
         if dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / CONFIG_FILE).write_text(dump_yaml(config))
-            self._trim_metrics(start)
+            trim_log(self.out / METRICS_FILE, start)
             n = sum(p.numel() for p in params.values())
             self.log(f"{config.stage}: {config.method} fine-tuning, {n:,} trainable parameters, "
                      f"{len(self.train_idx):,} training / {len(self.eval_idx):,} held-out "
@@ -692,45 +702,50 @@ class Run:
         advance(start)
         window = {"loss": 0.0, "targets": 0, "tokens": 0, "time": 0.0}
         last = {}
-        for step in range(start, self.total_steps):
-            t0 = time.perf_counter()
-            indices = step_indices(self.train_idx, self.layout, config.seed, step)
-            denom = trained_tokens(self.data, indices, config.max_length)
-            lr = lr_at(step, self.total_steps, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(config.seed * 1_000_003 + step * dist.world + dist.rank)
-            micro = micro_batches(indices, self.layout, dist.rank)
-            step_loss = self._accumulate(model, wrapped, micro, denom, fsdp)
-            if config.max_grad_norm > 0:
-                clip_grad_norm(params.values(), config.max_grad_norm, dist, sharded=fsdp)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            elapsed += dt
-            window["loss"] += step_loss
-            window["targets"] += denom
-            window["tokens"] += batch_tokens(self.data, indices, config.max_length)
-            window["time"] += dt
-            done = step + 1
-            advance(1)
-            if done % config.log_every == 0 or done == self.total_steps:
-                loss_sum, = dist.sum([window["loss"]])
-                last = {"step": done, "epoch": round(done / self.per_epoch, 4),
-                        "loss": loss_sum / max(1, window["targets"]), "lr": lr,
-                        "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
-                        "tokens": window["tokens"], "elapsed_s": round(elapsed, 3)}
-                self._metric(last)
-                window = {"loss": 0.0, "targets": 0, "tokens": 0, "time": 0.0}
-            if done % config.eval_every == 0 or done == self.total_steps:
-                eval_loss = self.evaluate(wrapped)
-                if eval_loss is not None:
-                    last["eval_loss"] = eval_loss
-                    self._metric({"step": done, "eval_loss": eval_loss})
-            if done % config.save_every == 0 and done < self.total_steps:
-                save_checkpoint(self.out, done, params, optimizer,
-                                {"elapsed": elapsed, "seed": config.seed}, write=dist.main)
-                dist.barrier()
+        quiet = self.log if dist.main else (lambda m: None)
+        with stop_requests(quiet) as stop:
+            for step in range(start, self.total_steps):
+                t0 = time.perf_counter()
+                indices = step_indices(self.train_idx, self.layout, config.seed, step)
+                denom = trained_tokens(self.data, indices, config.max_length)
+                lr = lr_at(step, self.total_steps, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(config.seed * 1_000_003 + step * dist.world + dist.rank)
+                micro = micro_batches(indices, self.layout, dist.rank)
+                step_loss = self._accumulate(model, wrapped, micro, denom, fsdp)
+                if config.max_grad_norm > 0:
+                    clip_grad_norm(params.values(), config.max_grad_norm, dist, sharded=fsdp)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+                elapsed += dt
+                window["loss"] += step_loss
+                window["targets"] += denom
+                window["tokens"] += batch_tokens(self.data, indices, config.max_length)
+                window["time"] += dt
+                done = step + 1
+                advance(1)
+                if done % config.log_every == 0 or done == self.total_steps:
+                    loss_sum, = dist.sum([window["loss"]])
+                    last = {"step": done, "epoch": round(done / self.per_epoch, 4),
+                            "loss": loss_sum / max(1, window["targets"]), "lr": lr,
+                            "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
+                            "tokens": window["tokens"], "elapsed_s": round(elapsed, 3)}
+                    self._metric(last)
+                    window = {"loss": 0.0, "targets": 0, "tokens": 0, "time": 0.0}
+                if done % config.eval_every == 0 or done == self.total_steps:
+                    eval_loss = self.evaluate(wrapped)
+                    if eval_loss is not None:
+                        last["eval_loss"] = eval_loss
+                        self._metric({"step": done, "eval_loss": eval_loss})
+                stopping = done < self.total_steps and self._stop_requested(stop)
+                if stopping or (done % config.save_every == 0 and done < self.total_steps):
+                    save_checkpoint(self.out, done, params, optimizer,
+                                    {"elapsed": elapsed, "seed": config.seed}, write=dist.main)
+                    dist.barrier()
+                if stopping:
+                    raise Interrupted(stop[0] if stop else signal.SIGTERM, done)
         self._save_model(fsdp)
         dist.barrier()
         return last
@@ -739,20 +754,6 @@ class Run:
         if self.dist.main:
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-
-    def _trim_metrics(self, step: int) -> None:
-        """A resumed run logs again the steps after its checkpoint: drop their old lines."""
-        path = self.out / METRICS_FILE
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                continue
-        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def _save_model(self, sharded: bool) -> None:
         """Write the model directory (the main process; with FSDP all gather first)."""

@@ -22,11 +22,8 @@ import copy
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +35,10 @@ from torch.nn import AvgPool1d
 from torch.nn.utils import spectral_norm
 
 from sgpt.core.audio import load_audio
-from sgpt.core.device import fast_bfloat16
 from sgpt.core.errors import AudioError, CheckpointError, RecordError, SgptError
 from sgpt.core.files import write_atomic, write_json
 from sgpt.core.stream import check_units, frame_units
+from sgpt.core.training import Interrupted, autocast, stop_requests, trim_log
 from sgpt.vocode.hifigan import (
     LRELU_SLOPE,
     MHUBERT_KM1000_CONFIG,
@@ -477,71 +474,6 @@ def training_config(opts: TrainOptions, config_file: str | None) -> HiFiGANConfi
     return cfg
 
 
-def amp_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for training: bfloat16 where the hardware has it (CUDA with bf16, CPUs
-    with AVX512-BF16 or AMX)."""
-    if name == "float32":
-        return None
-    if name == "bfloat16":
-        return torch.bfloat16
-    if name == "float16":
-        raise SgptError("--dtype float16 is not supported for training (use bfloat16 or "
-                        "float32)")
-    if name != "auto":
-        raise SgptError(f"unknown dtype {name!r}")
-    return torch.bfloat16 if fast_bfloat16(device) else None
-
-
-def _truncate_log(path: str, steps: int) -> None:
-    """Drop log lines past the checkpoint a run resumes from (they will be redone)."""
-    if not os.path.exists(path):
-        return
-    keep = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line)["step"] <= steps:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(keep)
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint at ``steps``."""
-
-    def __init__(self, signum: int, steps: int):
-        super().__init__(f"{signal.Signals(signum).name} at step {steps}")
-        self.signum, self.steps = signum, steps
-
-
-@contextmanager
-def stop_requests(info: Callable[[str], None]):
-    """While active, SIGINT and SIGTERM ask the loop to stop (the list holds the signal
-    number) instead of killing it mid-update; a second one aborts at once, as before."""
-    requested: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield requested  # signal handlers can only be set from the main thread
-        return
-
-    def handler(signum, frame):
-        if requested:
-            raise KeyboardInterrupt
-        requested.append(signum)
-        info(f"{signal.Signals(signum).name}: finishing the current update to save a "
-             "checkpoint (send it again to abort without saving)")
-
-    # a signal the parent set to be ignored (nohup, a shell's background job) stays ignored
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) is not signal.SIG_IGN}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 class Trainer:
     def __init__(self, cfg: HiFiGANConfig, opts: TrainOptions, device: torch.device,
                  amp: torch.dtype | None = None, info: Callable[[str], None] = print):
@@ -614,9 +546,7 @@ class Trainer:
     # -- one update ---------------------------------------------------------------------------
 
     def autocast(self):
-        if self.amp is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        return autocast(self.device, self.amp)
 
     def generate(self, codes: torch.Tensor, speakers: torch.Tensor):
         """Training forward: frame codes [B, F] -> waveform [B, 1, F * hop], duration loss."""
@@ -690,7 +620,7 @@ class Trainer:
             self.info(f"resuming from step {self.steps} in {opts.output}")
         elif opts.init is not None:
             self.info(f"starting from the generator of {self.start_from(opts.init)}")
-        _truncate_log(log_path, self.steps)
+        trim_log(log_path, self.steps)
         advance(min(self.steps, opts.steps))
         if self.steps >= opts.steps:
             self.info(f"{opts.output} already holds step {self.steps} (--steps {opts.steps})")
