@@ -32,6 +32,15 @@ def speak(text: str, path: Path, voice: str = "en-us", speed: int = 160) -> Path
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sgpt_cache(tmp_path_factory):
+    """sgpt's cache (Whisper base assembled, GGUF bases dequantized) is the tests' own, shared
+    by the tests of a run and the tools they start, never the user's."""
+    os.environ["SGPT_CACHE"] = str(tmp_path_factory.mktemp("sgpt-cache"))
+    yield
+    os.environ.pop("SGPT_CACHE", None)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models only lose time to a second thread (more so on a busy machine)."""

@@ -159,10 +159,14 @@ def test_cache_is_assembled_reused_and_repaired(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["whisper-base-ct2"]  # no temp dirs left
 
 
-def test_cache_location_follows_xdg(tmp_path, monkeypatch, whisper_dir):
+def test_cache_location_is_sgpt_cache_else_xdg(tmp_path, monkeypatch, whisper_dir):
+    monkeypatch.delenv("SGPT_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     shutil.copytree(whisper_dir, tmp_path / "sgpt" / "whisper-base-ct2")
     assert whisper_model_dir() == tmp_path / "sgpt" / "whisper-base-ct2"
+    monkeypatch.setenv("SGPT_CACHE", str(tmp_path / "own"))
+    shutil.copytree(whisper_dir, tmp_path / "own" / "whisper-base-ct2")
+    assert whisper_model_dir() == tmp_path / "own" / "whisper-base-ct2"
 
 
 # --- the judges -------------------------------------------------------------------------------

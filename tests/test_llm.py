@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
+import transformers
 from fakes.tokenizers import extended, llama_base
 
 from sgpt.core.errors import CheckpointError
@@ -243,6 +245,74 @@ def tiny_llama_gguf(model, path):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def test_a_gguf_base_is_dequantized_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SGPT_CACHE", str(tmp_path / "cache"))
+    model = tiny_llama(tied=True)
+    path = tiny_llama_gguf(model, tmp_path / "tiny.gguf")
+    first = load_causal_lm(str(path))
+    (entry,) = (tmp_path / "cache" / "gguf").iterdir()
+    manifest = json.loads((entry / "sgpt_cache.json").read_text())
+    assert entry.name.endswith("-float32") and manifest["gguf"] == "tiny.gguf"
+    assert manifest["transformers"] == transformers.__version__
+    # the second load reads the cache: it works with GGUF reading made impossible
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    again = load_causal_lm(str(path))
+    ids = [1, 5, 9, 1999]
+    assert torch.equal(logits(again, ids), logits(first, ids)) and embeddings_tied(again)
+    for name, t in first.state_dict().items():
+        assert torch.equal(again.state_dict()[name], t), name
+    monkeypatch.delitem(sys.modules, "gguf")
+    # a truncated entry is made again, never loaded
+    weights = entry / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size // 2)
+    assert torch.equal(logits(load_causal_lm(str(path)), ids), logits(first, ids))
+    assert weights.stat().st_size == size
+    # another dtype, another entry; another GGUF file (same name), another entry
+    load_causal_lm(str(path), dtype=torch.bfloat16)
+    tiny_llama_gguf(tiny_llama(tied=True, seed=1), path)
+    changed = load_causal_lm(str(path))
+    assert not torch.equal(logits(changed, ids), logits(first, ids))
+    names = sorted(p.name.split("-")[1] for p in (tmp_path / "cache" / "gguf").iterdir())
+    assert names == ["bfloat16", "float32", "float32"]
+    assert not [p for p in (tmp_path / "cache" / "gguf").iterdir() if p.name.startswith(".")]
+
+
+def test_an_adapter_over_a_gguf_base_is_merged_once_then_read_from_the_cache(tmp_path,
+                                                                             monkeypatch):
+    import sgpt.lm.models as models
+
+    monkeypatch.setenv("SGPT_CACHE", str(tmp_path / "cache"))
+    tok = extended("llama", "reference")
+    size = len(SpeechTokenizer.from_dir(str(tok)))
+    gguf = tiny_llama_gguf(tiny_llama(tied=True), tmp_path / "base.gguf")
+    peft_model = _lora(load_causal_lm(str(gguf), vocab_size=size), list(range(2000, size)))
+    ids = [1, 40, 2000, 2500, 3005, 7]
+    expected = logits(peft_model, ids)
+    save_model_dir(tmp_path / "out", peft_model,
+                   model_meta("chain-of-modality", 1000, True, str(gguf), size), str(tok))
+    first, _ = load_model_dir(str(tmp_path / "out"))
+    assert torch.allclose(logits(first, ids), expected, atol=1e-4)
+    assert len(list((tmp_path / "cache" / "merged").iterdir())) == 1
+
+    def no_merging(*args, **kwargs):
+        raise AssertionError("the adapter was merged again")
+
+    monkeypatch.setattr(models, "_apply_adapter", no_merging)
+    again, meta = load_model_dir(str(tmp_path / "out"))
+    assert meta["adapter"] and torch.equal(logits(again, ids), logits(first, ids))
+    # another adapter (its weights changed) is merged anew
+    monkeypatch.undo()
+    monkeypatch.setenv("SGPT_CACHE", str(tmp_path / "cache"))
+    save_model_dir(tmp_path / "out", _lora(load_causal_lm(str(gguf), vocab_size=size),
+                                           list(range(2000, size)), seed=1),
+                   model_meta("chain-of-modality", 1000, True, str(gguf), size), str(tok))
+    changed, _ = load_model_dir(str(tmp_path / "out"))
+    assert not torch.allclose(logits(changed, ids), expected, atol=1e-4)
+    assert len(list((tmp_path / "cache" / "merged").iterdir())) == 2
 
 
 @pytest.mark.parametrize("tied", [True, False])

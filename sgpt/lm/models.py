@@ -22,6 +22,7 @@ published SpeechGPT-7B-com), and a GGUF file (dequantized by transformers).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from sgpt import __version__
+from sgpt.core.cache import cache_root, make_entry, read_manifest
 from sgpt.core.default import is_pypi, resolve_pypi, resolve_reference
 from sgpt.core.errors import CheckpointError, first_line
 from sgpt.core.files import write_json
@@ -145,6 +147,9 @@ def _from_pretrained(source: str, dtype: torch.dtype):
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"{source}: no such GGUF file")
+        cached = _cached_model(*_gguf_entry(path, dtype), dtype)
+        if cached is not None:
+            return cached
         try:
             import gguf  # noqa: F401
         except ImportError:
@@ -163,9 +168,90 @@ def _from_pretrained(source: str, dtype: torch.dtype):
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise CheckpointError(f"cannot load a causal LM from {source}: {first_line(e)}"
                               ) from None
-    if getattr(model.config, "quantization_config", None) is not None and is_gguf(
-            kwargs.get("gguf_file", "")):
-        del model.config.quantization_config  # dequantized: saved as a plain model
+    if "gguf_file" in kwargs:
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config  # dequantized: saved as a plain model
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None  # its weights are plain tensors now
+        _cache_model(*_gguf_entry(Path(source) / kwargs["gguf_file"], dtype), model)
+    return model
+
+
+# A GGUF base is dequantized by transformers on every load (22 s for SmolLM2-135M's Q4_1 on
+# 2 cores), and an adapter over it merged on every load of the model: both are kept in
+# sgpt's cache (sgpt.core.cache) as transformers directories, keyed by the content of what
+# they are made from (the GGUF file; the adapter's files), the dtype and the versions that
+# made them, and later loads map them instead.
+
+def _digest(*paths: Path) -> str:
+    """sha256 of the files' names and contents."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_entry(kind: str, dtype: torch.dtype, **made_from) -> tuple[Path, dict]:
+    import transformers
+
+    info = {**made_from, "dtype": str(dtype).replace("torch.", ""),
+            "transformers": transformers.__version__}
+    key = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / kind / f"{key}-{info['dtype']}", info
+
+
+def _cached_model(entry: Path, info: dict, dtype: torch.dtype):
+    """The model of a complete cache entry made from ``info``, else None (an entry that does
+    not load is made again)."""
+    from transformers import AutoModelForCausalLM
+
+    manifest = read_manifest(entry)
+    if manifest is None or any(manifest.get(k) != v for k, v in info.items()):
+        return None
+    try:
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(str(entry), dtype=dtype)
+    except Exception:
+        return None
+
+
+def _cache_model(entry: Path, info: dict, model) -> None:
+    """Keep ``model`` in the cache; a cache that cannot be written (read-only, full) only
+    costs the next load its time."""
+    try:
+        with quiet_transformers():
+            make_entry(entry, lambda tmp: model.save_pretrained(str(tmp)), info)
+    except OSError:
+        pass
+
+
+def _gguf_entry(path: Path, dtype: torch.dtype) -> tuple[Path, dict]:
+    return _cache_entry("gguf", dtype, gguf=path.name, sha256=_digest(path))
+
+
+def _merged_adapter(path: str, base: str, vocab_size: int, dtype: torch.dtype):
+    """An sgpt adapter directory over a GGUF base, merged (what sgpt-generate runs): from
+    the cache when it holds it."""
+    adapter_files = sorted(p for p in Path(path).iterdir()
+                           if p.is_file() and p.suffix in (".json", ".safetensors"))
+    entry, info = _cache_entry("merged", dtype, gguf_sha256=_digest(Path(base)),
+                               adapter_sha256=_digest(*adapter_files), vocab_size=vocab_size)
+    model = _cached_model(entry, info, dtype)
+    if model is None:
+        model = _apply_adapter(_base_for(path, base, vocab_size, dtype), path, merge=True)
+        _cache_model(entry, info, model)
+    return model
+
+
+def _base_for(path: str, base: str, vocab_size: int, dtype: torch.dtype):
+    """An adapter directory's base, resized to the vocabulary it was trained with."""
+    model = load_causal_lm(base, dtype=dtype, device="cpu", vocab_size=vocab_size)
+    if vocab_rows(model) != vocab_size:
+        raise CheckpointError(f"{path}: the base model has {vocab_rows(model)} token rows, "
+                              f"the adapter was trained with {vocab_size}")
     return model
 
 
@@ -267,12 +353,12 @@ def load_model_dir(path: str, *, adapter: str | None = None,
         model = _from_pretrained(path, dtype)
     elif meta.get("adapter"):
         vocab_size = meta.get("vocab_size") or _tokenizer_size(path)
-        base = load_causal_lm(resolve_base(meta, path), dtype=dtype, device="cpu",
-                              vocab_size=vocab_size)
-        if vocab_rows(base) != vocab_size:
-            raise CheckpointError(f"{path}: the base model has {vocab_rows(base)} token rows, "
-                                  f"the adapter was trained with {vocab_size}")
-        model = _apply_adapter(base, path, merge=merge or adapter is not None)
+        base = resolve_base(meta, path)
+        if merge and is_gguf(base) and os.path.isfile(base):
+            model = _merged_adapter(path, base, vocab_size, dtype)
+        else:
+            model = _apply_adapter(_base_for(path, base, vocab_size, dtype), path,
+                                   merge=merge or adapter is not None)
     else:
         model = _from_pretrained(path, dtype)
     if adapter is not None:

@@ -1,0 +1,69 @@
+"""sgpt-generate's start-up on the embedded default: cold (an empty sgpt cache: the GGUF base
+is dequantized) against warm (the cache that the first start filled), side by side.
+
+Each run is the user's command, ``echo '{"id":"x","text":"hi"}' | sgpt-generate --greedy
+--max-new-tokens 1``, timed from start to exit (model loading and the first token). Cold
+and warm runs alternate, so load from other processes falls on both alike; a cold run gets
+a new empty cache, the warm runs share one filled before timing. Every run must print the
+same answer (checked). Printed: the median of each and their ratio.
+
+    .venv/bin/python bench/startup.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+QUESTION = '{"id":"x","text":"hi"}\n'
+
+
+def run(cache: str) -> tuple[float, str]:
+    env = {**os.environ, "SGPT_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+    env.pop("SGPT_DEFAULT", None)
+    t0 = time.perf_counter()
+    r = subprocess.run([str(BIN / "sgpt-generate"), "--greedy", "--max-new-tokens", "1"],
+                       input=QUESTION, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"sgpt-generate failed: {r.stderr.strip()[-500:]}")
+    return seconds, r.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    warm_cache = tempfile.mkdtemp(prefix="sgpt-bench-warm-")
+    try:
+        _, reference = run(warm_cache)  # fills the warm cache
+        cold, warm = [], []
+        for _ in range(args.repeats):
+            cold_cache = tempfile.mkdtemp(prefix="sgpt-bench-cold-")
+            try:
+                seconds, out = run(cold_cache)
+            finally:
+                shutil.rmtree(cold_cache, ignore_errors=True)
+            cold.append(seconds)
+            assert out == reference, f"a cold start answered {out!r}, not {reference!r}"
+            seconds, out = run(warm_cache)
+            warm.append(seconds)
+            assert out == reference, f"a warm start answered {out!r}, not {reference!r}"
+    finally:
+        shutil.rmtree(warm_cache, ignore_errors=True)
+    c, w = statistics.median(cold), statistics.median(warm)
+    print(f"sgpt-generate --greedy --max-new-tokens 1, embedded default, {args.repeats} runs "
+          f"each, medians: cold {c:.1f} s, warm {w:.1f} s ({c / w:.1f}x); same answer in "
+          "every run")
+
+
+if __name__ == "__main__":
+    main()
