@@ -64,9 +64,7 @@ def _emit(scores: Scores, summary_file: str | None, per_record: str | None, repo
     return reporter.exit_code
 
 
-
-
-def common(fn):
+def scoring_options(fn):
     fn = click.option("--per-record", metavar="FILE|-",
                       help="Also write one JSONL record per scored item here.")(fn)
     fn = click.option("--summary", "summary_file", metavar="FILE.json",
@@ -78,6 +76,7 @@ def common(fn):
                       help="The test set (JSONL, by id): every id in it is scored, an id "
                            "without an answer as an empty answer.")(fn)
     return click.argument("inputs", nargs=-1, required=True, metavar="ANSWERS|-...")(fn)
+
 
 def judge_options(fn):
     fn = click.option("--batch-size", type=click.IntRange(min=1), default=8,
@@ -91,18 +90,31 @@ def judge_options(fn):
                         help="ASR judge: auto is Whisper base (faster-whisper, packaged "
                              "weights), else pocketsphinx with a warning.")(fn)
 
-def check(per_record, summary_file):
+
+def check_outputs(per_record, summary_file):
     if per_record == "-" and summary_file is None:
         raise click.UsageError("--per-record - needs --summary FILE (stdout cannot hold "
                                "both)")
+
 
 def judge_of(kind, command, batch_size, reporter):
     if kind == "cmd" and not command:
         raise click.UsageError("--judge cmd needs --judge-cmd 'ASR {wav}'")
     return open_judge(kind, command, batch_size, reporter.warn)
 
-def load_list(path, errors):
-    return None if path is None else _read([path], errors)
+
+def _score(inputs, summary_file, per_record, score) -> int:
+    """Read the answers, score them (``score(answers, load, reporter)``, where ``load(PATH)``
+    reads a side file of records, or None), report: what every scorer does."""
+    check_outputs(per_record, summary_file)
+    reporter = Reporter(TOOL)
+    errors: list[RecordError] = []
+    answers = _read(inputs, errors)
+    scores = score(answers, lambda path: None if path is None else _read([path], errors),
+                   reporter)
+    scores.errors[:0] = errors
+    return _emit(scores, summary_file, per_record, reporter)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=TOOL)
@@ -118,6 +130,7 @@ def cli():
       sgpt-generate --task asr -o asr.jsonl sent.units.jsonl
       sgpt-evaluate asr --summary asr.json asr.jsonl
     """
+
 
 @cli.command()
 @click.argument("kind", type=click.Choice(sorted(TEST_SETS)))
@@ -141,8 +154,9 @@ def prepare(kind, inputs, audio_root):
         reporter.error("input", "no usable test record")
     return reporter.exit_code
 
+
 @cli.command()
-@common
+@scoring_options
 @click.option("--group-by", metavar="KEY", help="Also score each value of this key apart.")
 @run_tool(TOOL)
 def asr(inputs, references, ref_key, summary_file, per_record, group_by):
@@ -151,17 +165,12 @@ def asr(inputs, references, ref_key, summary_file, per_record, group_by):
     The reference: --references RECORDS ('text', or --ref-key), else the answer's
     'reference' (or --ref-key), else its prompt's 'text'.
     """
-    check(per_record, summary_file)
-    reporter = Reporter(TOOL)
-    errors: list[RecordError] = []
-    answers = _read(inputs, errors)
-    refs = load_list(references, errors)
-    scores = score_asr(answers, refs, ref_key, group_by)
-    scores.errors[:0] = errors
-    return _emit(scores, summary_file, per_record, reporter)
+    return _score(inputs, summary_file, per_record, lambda answers, load, reporter: score_asr(
+        answers, load(references), ref_key, group_by))
+
 
 @cli.command()
-@common
+@scoring_options
 @judge_options
 @click.option("--original", metavar="RECORDS",
               help="The original recordings of the same sentences ('audio' + 'text'), "
@@ -175,19 +184,16 @@ def judged(inputs, references, ref_key, summary_file, per_record, judge, judge_c
 
     The reference: as for asr (a tts prompt's 'text').
     """
-    check(per_record, summary_file)
-    reporter = Reporter(TOOL)
-    errors: list[RecordError] = []
-    answers = _read(inputs, errors)
-    refs = load_list(references, errors)
-    orig = load_list(original, errors)
-    j = judge_of(judge, judge_cmd, batch_size, reporter)
-    scores = score_judged(answers, j, refs, ref_key, orig, group_by=group_by)
-    scores.errors[:0] = errors
-    return _emit(scores, summary_file, per_record, reporter)
+    def score(answers, load, reporter):
+        refs, orig = load(references), load(original)
+        return score_judged(answers, judge_of(judge, judge_cmd, batch_size, reporter), refs,
+                            ref_key, orig, group_by=group_by)
+
+    return _score(inputs, summary_file, per_record, score)
+
 
 @cli.command()
-@common
+@scoring_options
 @judge_options
 @click.option("--speech", metavar="RECORDS",
               help="The answers after sgpt-vocode -o DIR ('audio', by id): spoken answers "
@@ -208,17 +214,13 @@ def qa(inputs, references, ref_key, summary_file, per_record, judge, judge_cmd,
     --references RECORDS ('answer', or --ref-key), else the answer's 'reference', else
     its 'answer' (passed through from the question record).
     """
-    check(per_record, summary_file)
-    reporter = Reporter(TOOL)
-    errors: list[RecordError] = []
-    answers = _read(inputs, errors)
-    refs = load_list(references, errors)
-    spoken = load_list(speech, errors)
-    orig = load_list(original, errors)
-    j = None if no_speech else judge_of(judge, judge_cmd, batch_size, reporter)
-    scores = score_qa(answers, j, spoken, refs, ref_key, question_key, orig)
-    scores.errors[:0] = errors
-    return _emit(scores, summary_file, per_record, reporter)
+    def score(answers, load, reporter):
+        refs, spoken, orig = load(references), load(speech), load(original)
+        j = None if no_speech else judge_of(judge, judge_cmd, batch_size, reporter)
+        return score_qa(answers, j, spoken, refs, ref_key, question_key, orig)
+
+    return _score(inputs, summary_file, per_record, score)
+
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="ANSWERS|-...")
@@ -235,14 +237,9 @@ def qa(inputs, references, ref_key, summary_file, per_record, judge, judge_cmd,
 def units(inputs, reference_units, seconds, summary_file, per_record):
     """Unit-level figures of answers: generated units, units per second, unit edit
     distance to reference units (deduplicated both)."""
-    check(per_record, summary_file)
-    reporter = Reporter(TOOL)
-    errors: list[RecordError] = []
-    answers = _read(inputs, errors)
-    refs = load_list(reference_units, errors)
-    scores = score_units(answers, refs, seconds)
-    scores.errors[:0] = errors
-    return _emit(scores, summary_file, per_record, reporter)
+    return _score(inputs, summary_file, per_record, lambda answers, load, reporter: score_units(
+        answers, load(reference_units), seconds))
+
 
 @cli.command()
 @click.argument("summaries", nargs=-1, required=True, metavar="SUMMARY.json...")
