@@ -51,6 +51,26 @@ def test_read_records_names_bad_lines_and_keeps_good_ones(tmp_path):
         f"{tmp_path}: is a directory, not a file of records"]
 
 
+def test_each_line_is_read_on_its_own_whatever_it_holds(tmp_path):
+    """A byte-order mark, a line that is not UTF-8, JSON nested 100,000 deep, an integer of
+    5,000 digits: each bad line is one error naming file:line; the good lines all come."""
+    f = tmp_path / "hostile.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "units": [1]}\n'
+                  + b'{"id": "latin1", "text": "caf\xe9"}\n'
+                  + b'{"id": "b", "units": [2]}\n'
+                  + b'{"id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+                  + b'{"id": "huge", "units": [' + b"9" * 5000 + b"]}\n"
+                  + b'{"id": "c", "text": "caf\xc3\xa9"}\n')
+    out = list(read_records([str(f)]))
+    good = [r["id"] for r in out if isinstance(r, dict)]
+    bad = {e.where: e.reason for e in out if isinstance(e, RecordError)}
+    assert good == ["a", "b", "c"] and out[-1]["text"] == "café"
+    assert bad == {f"{f}:2": "not UTF-8 text (byte 0xe9 at column 30)",
+                   f"{f}:4": "malformed JSON (nested too deep)",
+                   f"{f}:5": bad[f"{f}:5"]}
+    assert bad[f"{f}:5"].startswith("malformed JSON (Exceeds the limit")
+
+
 def test_format_record():
     r = {"id": "a", "units": [3, 1], "text": "é"}
     assert format_record(r) == '{"id": "a", "units": [3, 1], "text": "é"}'

@@ -267,3 +267,20 @@ def test_quadruplets_to_chain_of_modality_to_pack(tmp_path, tok_dir):
     r = run_tool(T, "quadruplets", "--encoder", "mfcc", "--kmeans", tmp_path / "km.npy",
                  tmp_path / "qa.jsonl", "-o", tmp_path / "quads.jsonl")
     assert r.returncode == 1 and "qa2" in r.stderr and "resuming: 2 of 3" in r.stderr
+
+
+def test_hostile_lines_cost_only_themselves(tmp_path):
+    """A byte-order mark, a line that is not UTF-8, JSON nested 100,000 deep, a 5,000-digit
+    unit: one error line each, naming file:line; both good records still written."""
+    f = tmp_path / "hostile.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b'{"id": "a", "units": [1, 2]}\n'
+                  + b'{"id": "latin1", "units": [3], "text": "caf\xe9"}\n'
+                  + b'{"id": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+                  + b'{"id": "huge", "units": [' + b"9" * 5000 + b"]}\n"
+                  + b'{"id": "b", "units": [4]}\n')
+    before = f.read_bytes()
+    r = run_tool(T, "pretrain", "-k", 100, f)
+    assert r.returncode == 1 and len(lines(r.stdout)) == 2, r.stderr
+    errors = r.stderr.strip().splitlines()
+    assert [e.split(": ")[2] for e in errors] == [f"{f}:2", f"{f}:3", f"{f}:4"], errors
+    assert "Traceback" not in r.stderr and f.read_bytes() == before

@@ -12,6 +12,7 @@ Lines of the two unit formats carry no id: they get ``{file stem}_{line number}`
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from sgpt.core.errors import RecordError
+from sgpt.core.errors import RecordError, first_line
 
 FORMATS = ("jsonl", "speechgpt", "fairseq")
 
@@ -88,6 +89,10 @@ def parse_line(line: str, default_id: str, where: str | None = None) -> dict:
             record = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecordError(where, f"malformed JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise RecordError(where, "malformed JSON (nested too deep)") from None
+        except ValueError as e:  # an integer of more digits than Python converts
+            raise RecordError(where, f"malformed JSON ({first_line(e)})") from None
         if not isinstance(record, dict):
             raise RecordError(where, "a JSON line must be an object")
         if "id" not in record:
@@ -107,22 +112,19 @@ def parse_line(line: str, default_id: str, where: str | None = None) -> dict:
     raise RecordError(where, "not a JSON record, a <sosp> unit line or a fairseq unit line")
 
 
-def open_text(source: str):
-    """A text stream for a path, or stdin for ``-``."""
-    if source == "-":
-        return sys.stdin
-    return open(source, encoding="utf-8")
-
-
 def read_records(sources: Iterable[str]) -> Iterator[dict | RecordError]:
     """Records of every line of every source, in order; bad lines come as RecordError.
 
-    A source that cannot be opened yields one RecordError naming it.
+    Each line is decoded and parsed on its own: a line that is not UTF-8, not JSON, nested
+    too deep or not a record is one RecordError naming ``file:line``, and the lines around
+    it are still read. A UTF-8 byte-order mark is skipped. A source that cannot be opened
+    yields one RecordError naming it.
     """
     for source in sources:
         stem = source_stem(source)
+        name = "stdin" if source == "-" else source
         try:
-            stream = open_text(source)
+            stream = sys.stdin.buffer if source == "-" else open(source, "rb")
         except FileNotFoundError:
             yield RecordError(source, "no such file")
             continue
@@ -133,18 +135,24 @@ def read_records(sources: Iterable[str]) -> Iterator[dict | RecordError]:
             yield RecordError(source, e.strerror or str(e))
             continue
         try:
-            for lineno, line in enumerate(stream, 1):
+            for lineno, raw in enumerate(stream, 1):
+                where = f"{name}:{lineno}"
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield RecordError(where, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                                             f"column {e.start + 1})")
+                    continue
                 if not line.strip():
                     continue
-                name = "stdin" if source == "-" else source
                 try:
-                    yield parse_line(line, f"{stem}_{lineno}", f"{name}:{lineno}")
+                    yield parse_line(line, f"{stem}_{lineno}", where)
                 except RecordError as e:
                     yield e
-        except UnicodeDecodeError:
-            yield RecordError(source, "not UTF-8 text")
         finally:
-            if stream is not sys.stdin:
+            if stream is not sys.stdin.buffer:
                 stream.close()
 
 
