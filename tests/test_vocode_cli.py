@@ -151,6 +151,20 @@ def test_bad_records_are_named_and_the_rest_vocoded(vocoder, tmp_path):
     assert [x["id"] for x in records(strict.stdout)] == ["a"]
 
 
+def test_file_names_from_any_id_stay_in_the_directory(vocoder, tmp_path):
+    ids = ["..", "../../escape", ".hidden", "x" * 300, "x" * 299 + "y", "a/b", "caf\u00e9"]
+    out = tmp_path / "deep" / "out"
+    r = vocode(vocoder, "-o", out, input=jsonl([{"id": i, "units": [1, 2]} for i in ids]))
+    assert r.returncode == 0, r.stderr
+    files = {rec["id"]: Path(rec["audio"]) for rec in records(r.stdout)}
+    assert list(files) == ids
+    assert all(f.parent == out and f.is_file() for f in files.values())
+    names = [f.name for f in files.values()]
+    assert len(set(names)) == len(ids) and not any(n.startswith(".") for n in names)
+    assert all(len(n.encode()) <= 200 for n in names) and files["caf\u00e9"].name == "caf\u00e9.wav"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]  # nothing escaped
+
+
 def test_usage_and_checkpoint_errors(vocoder, tmp_path):
     r = run_tool("sgpt-vocode", "-o", tmp_path, input="1 2 3\n")
     assert r.returncode == 2 and "--vocoder" in r.stderr and "config.json" in r.stderr

@@ -23,6 +23,7 @@ from sgpt.cli.common import (
 )
 from sgpt.cli.defaults import embedded_default
 from sgpt.core.errors import RecordError, SgptError
+from sgpt.core.files import safe_name
 
 TOOL = "sgpt-vocode"
 
@@ -33,12 +34,6 @@ NO_DEFAULT = ("no vocoder given and no embedded default is installed: pass --voc
 
 # Records are vocoded in windows of this many batches (sorted by length inside a window).
 WINDOW_BATCHES = 4
-
-
-def wav_name(record_id: str) -> str:
-    """``{id}.wav``, with path separators replaced so that an id cannot leave the directory."""
-    name = record_id.replace("/", "_").replace("\\", "_").replace("\0", "_")
-    return name + ".wav"
 
 
 def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
@@ -92,7 +87,7 @@ class Output:
                                 f"({e.strerror or e})") from None
 
     def path(self, record: dict) -> str:
-        return os.path.join(self.target, wav_name(record["id"]))
+        return os.path.join(self.target, safe_name(record["id"], ".wav"))
 
     def done(self, record: dict) -> bool:
         """Whether a previous run already wrote this record's audio (and prints it again)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -49,3 +50,21 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     if not isinstance(values, dict):
         raise SgptError(f"{path}: a YAML mapping of settings is expected")
     return values
+
+
+# File names: most filesystems take 255 bytes; room is left for a temporary suffix.
+MAX_NAME_BYTES = 200
+
+
+def safe_name(record_id: str, suffix: str) -> str:
+    """A file name for a record id, inside its directory whatever the id: path separators
+    and NUL become ``_``, a leading dot ``_`` (no hidden files, no ``..``), and an id too long
+    for a file name is cut and given a hash of the whole id, so that two ids stay two names."""
+    name = record_id.replace("/", "_").replace("\\", "_").replace("\0", "_")
+    if name.startswith("."):
+        name = "_" + name[1:]
+    if len((name + suffix).encode("utf-8")) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:16]
+        room = MAX_NAME_BYTES - len(suffix) - len(digest) - 1
+        name = name.encode("utf-8")[:room].decode("utf-8", "ignore") + "-" + digest
+    return name + suffix
