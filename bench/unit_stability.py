@@ -1,4 +1,5 @@
-"""Unit stability across voices, mfcc against whisper units, side by side in one run.
+"""Unit stability across voices, mfcc against whisper units (each utterance at its own length,
+and padded to 30 s), side by side in one run.
 
 espeak-ng speaks the same sentences with several voices; one voice is held out. For each
 encoder, k-means (k=100, seed 0) is learnt on the other voices' audio only, then every
@@ -13,7 +14,7 @@ encoder:
 * same/different: the ratio of the two medians (lower is better: 1.0 means the units say no
   more about the words than about the voice);
 * encoding real-time factor: seconds spent computing features and units per second of audio
-  (padded batches as sgpt-units packs them; whisper's int8 on CPU pads every file to 30 s).
+  (padded batches as sgpt-units packs them; whisper-padded pads every file to 30 s).
 
 Medians over all pairs. Distances and ratios are printed with whisper over mfcc.
 
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument("--voices", default=VOICES,
                         help="comma-separated espeak-ng voices; the last is held out")
     parser.add_argument("-k", type=int, default=100)
-    parser.add_argument("--encoders", default="mfcc,whisper")
+    parser.add_argument("--encoders", default="mfcc,whisper,whisper-padded")
     parser.add_argument("--batch-seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -127,18 +128,17 @@ def main() -> None:
     rows = [measure(e, waves, voices[:-1], args.k, args.batch_seconds)
             for e in args.encoders.split(",")]
     print("\nunit edit distance / longer length (deduplicated units), medians over pairs:")
-    header = (f"{'encoder':<14}{'dim':>5}{'same, seen':>12}{'same, held':>12}{'different':>11}"
+    header = (f"{'encoder':<21}{'dim':>5}{'same, seen':>12}{'same, held':>12}{'different':>11}"
               f"{'seen/diff':>11}{'held/diff':>11}{'units/s':>9}{'RTF':>8}")
     print(header)
     for r in rows:
-        print(f"{r['name']:<14}{r['dim']:>5}{r['seen']:>12.3f}{r['held']:>12.3f}"
+        print(f"{r['name']:<21}{r['dim']:>5}{r['seen']:>12.3f}{r['held']:>12.3f}"
               f"{r['different']:>11.3f}{r['ratio_seen']:>11.3f}{r['ratio_held']:>11.3f}"
               f"{r['units_per_s']:>9.1f}{r['rtf']:>8.3f}")
-    if len(rows) == 2:
-        a, b = rows
+    for a, b in itertools.combinations(rows, 2):
         print(f"{b['name']} / {a['name']}: same-sentence distance x{b['seen'] / a['seen']:.2f} "
               f"(seen voices), x{b['held'] / a['held']:.2f} (held-out voice); "
-              f"RTF x{b['rtf'] / a['rtf']:.1f}")
+              f"RTF x{b['rtf'] / a['rtf']:.2f}")
     print(f"pairs (same seen, same held, different): {rows[0]['pairs']}")
 
 

@@ -1,3 +1,3 @@
 """sgpt: SpeechGPT as a set of small Unix tools."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -279,7 +279,7 @@ def test_a_new_encoder_is_one_module_and_one_table_entry(wavs, tmp_path):
                               capture_output=True, text=True, env={**os.environ, **env})
 
     usage = " ".join(units("encode", "--help").stdout.split())
-    assert "[hubert|mfcc|whisper|toy]" in usage
+    assert "[hubert|mfcc|whisper|whisper-padded|toy]" in usage
     assert "toy (log energy and zero-crossing rate)" in usage
     km = tmp_path / "toy.npy"
     r = units("learn-kmeans", "--encoder", "toy", "-k", 4, "-o", km, *wavs)

@@ -19,6 +19,11 @@ def whisper():
     return load_whisper(device="cpu", dtype="auto")
 
 
+@pytest.fixture(scope="module")
+def whisper_padded():
+    return load_whisper(device="cpu", dtype="auto", padded=True)
+
+
 def test_frame_count_is_the_second_convs_output_over_whispers_content_frames():
     extractor = FeatureExtractor()
     for n in (400, 479, 480, 639, 640, 641, 800, 16000 + 123, WINDOW_SAMPLES):
@@ -46,10 +51,12 @@ def test_compute_types():
         compute_type_for("int4", "cpu")
 
 
+@pytest.mark.parametrize("version", ["whisper", "whisper_padded"])
 def test_a_batch_gives_what_one_file_at_a_time_gives_and_long_files_go_in_30s_windows(
-        whisper, speech_dir):
+        version, speech_dir, request):
+    whisper = request.getfixturevalue(version)
     assert (whisper.name, whisper.dim, whisper.frame_rate, whisper.source) == (
-        "whisper", 512, 50.0, "base")
+        version.replace("_", "-"), 512, 50.0, "base")
     s0, s1 = (load_audio(str(speech_dir / f"s{i}.wav")) for i in (0, 1))
     tail = 8000 + 123
     long = np.resize(np.concatenate([s0, np.zeros(8000, np.float32)]), WINDOW_SAMPLES + tail)
@@ -75,6 +82,38 @@ def test_a_batch_gives_what_one_file_at_a_time_gives_and_long_files_go_in_30s_wi
     for one, many in zip(pieces, batched):
         assert torch.equal(torch.cdist(one, centroids).argmin(1),
                            torch.cdist(many, centroids).argmin(1))
+
+
+def test_each_utterance_at_its_own_length_is_what_the_padded_window_roughly_is(
+        whisper, whisper_padded, speech_dir):
+    """Other features (attention sees no padding), close to the padded ones; a batch of
+    utterances of several lengths holds each at its own (tested above: as alone)."""
+    wave = torch.from_numpy(load_audio(str(speech_dir / "s0.wav")))[None]
+    n = torch.tensor([wave.shape[1]])
+    (own, _), (padded, _) = whisper(wave, n), whisper_padded(wave, n)
+    assert own.shape == padded.shape
+    cosine = torch.nn.functional.cosine_similarity(own[0], padded[0], dim=1)
+    assert 0.5 < cosine.mean() < 0.999
+
+
+def test_a_kmeans_learnt_on_one_version_refuses_the_other(speech_dir, tmp_path):
+    wav = speech_dir / "s0.wav"
+    km = tmp_path / "km.npy"
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "whisper-padded", "-k", 8, "-o",
+                 km, wav)
+    assert r.returncode == 0, r.stderr
+    r = run_tool("sgpt-units", "--encoder", "whisper", "--kmeans", km, wav)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"sgpt-units: error: {km}: learnt on whisper-padded features, not whisper's (its "
+        "km.json says so): use --encoder whisper-padded with it, or learn-kmeans again")
+    # a sidecar of sgpt 0.1 (no sgpt_version) that says whisper meant the padded features
+    meta = json.loads(km.with_suffix(".json").read_text())
+    del meta["sgpt_version"]
+    km.with_suffix(".json").write_text(json.dumps({**meta, "encoder": "whisper:base"}))
+    r = run_tool("sgpt-units", "--encoder", "whisper", "--kmeans", km, wav)
+    assert r.returncode == 1 and "learnt on whisper-padded features" in r.stderr
+    assert run_tool("sgpt-units", "--encoder", "whisper-padded", "--kmeans", km,
+                    wav).returncode == 0
 
 
 def test_cli_learn_kmeans_then_encode_on_real_speech(speech_dir, tmp_path):

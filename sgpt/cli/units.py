@@ -354,7 +354,8 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
     with progress_bar(progress, max_iter, "k-means") as advance:
         centroids, inertia = fit(frames.to(dev), k, seed=seed, max_iter=max_iter,
                                  batch_size=batch_size, progress=lambda i, _: advance())
-    meta = {**model.meta, "k": k, "dim": int(centroids.shape[1]), "inertia": inertia,
+    meta = {**model.meta, "sgpt_version": __version__, "k": k,
+            "dim": int(centroids.shape[1]), "inertia": inertia,
             "frames": len(frames), "frames_seen": reservoir.seen, "seed": seed,
             "inputs": len(items), "failed": reporter.failures}
     del meta["dedup"]

@@ -40,8 +40,13 @@ DENSE_MODELS: dict[str, DenseModel] = {
                          "HubertModel directory, --layer the layer clustered"),
     "mfcc": DenseModel("sgpt.units.mfcc:load", "weights-free MFCC + deltas, 50 frames/s"),
     "whisper": DenseModel("sgpt.units.whisper_encoder:load",
-                          "Whisper base's encoder via CTranslate2, 512 dims, 50 frames/s; "
-                          "--checkpoint may name another CTranslate2 Whisper directory"),
+                          "Whisper base's encoder via CTranslate2 on each utterance's own "
+                          "length, 512 dims, 50 frames/s; --checkpoint may name another "
+                          "CTranslate2 Whisper directory"),
+    "whisper-padded": DenseModel("sgpt.units.whisper_encoder:load_padded",
+                                 "the same on every utterance padded to 30 s, as Whisper "
+                                 "transcribes (sgpt 0.1's whisper: the embedded default's "
+                                 "units); other features, 10x slower"),
 }
 # what --checkpoint alone implies: SpeechGPT's units are mHuBERT's
 CHECKPOINT_ENCODER = "hubert"

@@ -12,6 +12,7 @@ uniformly, with ``FrameReservoir``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -26,6 +27,32 @@ from sgpt.core.files import write_atomic, write_json
 
 CHUNK_ELEMENTS = 1 << 24  # bound on the [rows, k] matrices built at once (64 MiB of float32)
 NPY_MAGIC = b"\x93NUMPY"
+
+
+def check_learnt_on(path: str | os.PathLike, encoder: str, layer: int | None) -> None:
+    """CheckpointError when the sidecar of a ``.npy`` k-means says its centroids were learnt
+    on the features of another encoder or layer than ``encoder`` (a dense model's name) and
+    ``layer``: features of the same width from another model mean nothing to them. A
+    sidecar of sgpt 0.1 (no ``sgpt_version``) that says ``whisper`` means the 30 s-padded
+    features, today's ``whisper-padded``. Without a sidecar (the published .bin) nothing is
+    known, and nothing is checked."""
+    sidecar = Path(path).with_suffix(".json")
+    if Path(path).suffix != ".npy" or not sidecar.is_file():
+        return
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        learnt = str(meta["encoder"]).split(":")[0]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if learnt == "whisper" and "sgpt_version" not in meta:
+        learnt = "whisper-padded"
+    if learnt != encoder:
+        raise CheckpointError(f"{path}: learnt on {learnt} features, not {encoder}'s (its "
+                              f"{sidecar.name} says so): use --encoder {learnt} with it, or "
+                              "learn-kmeans again")
+    if meta.get("layer") is not None and layer is not None and meta["layer"] != layer:
+        raise CheckpointError(f"{path}: learnt on layer {meta['layer']}, not layer {layer} "
+                              f"(its {sidecar.name} says so)")
 
 
 def load_centroids(path: str | os.PathLike) -> np.ndarray:

@@ -24,9 +24,14 @@ Per utterance, as Whisper itself sees audio:
    between 1 and 159: that last partial frame's mel column holds less than one hop of audio,
    and Whisper drops it too.) The windows' frames are concatenated.
 
-Every window is padded to 30 s on its own, so an utterance's features do not depend on what
-else is in its batch: a batch gives what one file at a time gives (tested). The price: a 3 s
-utterance costs a whole 30 s window of encoder time.
+``whisper`` encodes each window at its own length (its mel frames padded to an even count):
+a 3 s utterance costs 3 s of encoder time, not 30 (12x less encoder time on espeak-ng
+sentences of 2-4 s), and its features differ from the padded ones (attention sees no
+padding). ``whisper-padded`` pads every window to 30 s, as Whisper transcribes and as sgpt
+0.1's ``whisper`` did (the embedded default's units are these). Either way a batch holds
+windows of one length only (the encoder has no attention mask), so an utterance's features
+do not depend on what else is in its batch: a batch gives what one file at a time gives
+(tested).
 
 Precision (``compute_type``): ``int8`` on CPU by default (about 0.8 s a window on 2 idle
 cores), ``float32`` on request, ``bfloat16`` (else ``int8_bfloat16``) and ``float16`` (else
@@ -102,15 +107,17 @@ class WhisperEncoder(nn.Module):
     compute type it was built with); features come back in float32 on the input's device.
     """
 
-    name = "whisper"
     frame_rate = SAMPLE_RATE / (HOP * STRIDE)
     layer = None  # the encoder's output (after its final layer norm): no layer to choose
     max_chunk = WINDOW_SAMPLES  # long audio is encoded a window at a time
 
     def __init__(self, model_dir: str | os.PathLike, source: str = "base",
                  device: str | torch.device = "cpu", compute_type: str = "int8",
-                 dim: int | None = None, max_windows: int = 8, threads: int | None = None):
+                 dim: int | None = None, max_windows: int = 8, threads: int | None = None,
+                 padded: bool = False):
         super().__init__()
+        self.padded = padded  # every window padded to 30 s, as Whisper transcribes
+        self.name = "whisper-padded" if padded else "whisper"
         ctranslate2, FeatureExtractor = _ctranslate2()
         device = torch.device(device)
         try:
@@ -129,24 +136,35 @@ class WhisperEncoder(nn.Module):
         self.dim = dim or self._probe_dim()
 
     def _probe_dim(self) -> int:
-        return int(self._encode([np.zeros((self.model.n_mels, MEL_FRAMES), np.float32)])
+        return int(self._encode([np.zeros((self.model.n_mels, 2 * STRIDE), np.float32)])[0]
                    .shape[-1])
 
     def log_mel(self, window: np.ndarray) -> np.ndarray:
-        """[n_mels, 3000] log-mel features of one window of at most 30 s (float32 samples)."""
+        """[n_mels, M] log-mel features of one window of at most 30 s (float32 samples): its
+        ``n // 160`` content frames, zero-padded to 3000 (``padded``) or to an even count."""
         keep = len(window) // HOP
         feats = self.mel(window)[:, :keep]
-        return np.pad(feats, ((0, 0), (0, MEL_FRAMES - keep))).astype(np.float32)
+        size = MEL_FRAMES if self.padded else STRIDE * frame_count(len(window))
+        return np.pad(feats, ((0, 0), (0, size - keep))).astype(np.float32)
 
-    def _encode(self, mels: list[np.ndarray]) -> np.ndarray:
+    def _encode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        """Encoder output of each mel window. The encoder has no attention mask, so a batch
+        holds windows of one length only: each window's output is what it gets alone."""
         import ctranslate2
 
-        out = []
-        for start in range(0, len(mels), self.max_windows):
-            batch = np.ascontiguousarray(np.stack(mels[start:start + self.max_windows]))
-            out.append(np.asarray(self.model.encode(ctranslate2.StorageView.from_array(batch),
-                                                    to_cpu=True)))
-        return np.concatenate(out)
+        out: list[np.ndarray | None] = [None] * len(mels)
+        by_length: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_length.setdefault(mel.shape[-1], []).append(i)
+        for same in by_length.values():
+            for start in range(0, len(same), self.max_windows):
+                idx = same[start:start + self.max_windows]
+                batch = np.ascontiguousarray(np.stack([mels[i] for i in idx]))
+                encoded = np.asarray(self.model.encode(
+                    ctranslate2.StorageView.from_array(batch), to_cpu=True))
+                for i, row in zip(idx, encoded):
+                    out[i] = row
+        return out
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """wavs [B, T] zero-padded float, lengths [B] valid samples
@@ -174,22 +192,29 @@ class WhisperEncoder(nn.Module):
 
 def load_whisper(checkpoint: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
-                 ) -> WhisperEncoder:
+                 padded: bool = False) -> WhisperEncoder:
     """The packaged Whisper base (``checkpoint`` None), or a CTranslate2 Whisper directory."""
     _ctranslate2()  # the one-line error before anything else, when the packages are missing
     compute_type = compute_type_for(dtype, device)
     if checkpoint is None:
         from sgpt.units.whisper import whisper_model_dir
 
-        return WhisperEncoder(whisper_model_dir(), "base", device, compute_type, dim=512)
+        return WhisperEncoder(whisper_model_dir(), "base", device, compute_type, dim=512,
+                              padded=padded)
     path = Path(checkpoint)
     if not (path / "model.bin").is_file():
         raise CheckpointError(f"{checkpoint}: not a CTranslate2 Whisper directory (no model.bin)")
-    return WhisperEncoder(path, path.resolve().name, device, compute_type)
+    return WhisperEncoder(path, path.resolve().name, device, compute_type, padded=padded)
 
 
 def load(checkpoint: str | os.PathLike | None, layer: int, device: str | torch.device,
          dtype: str | torch.dtype) -> WhisperEncoder:
-    """The ``whisper`` entry of sgpt.units.encoders: load_whisper (its last layer: ``layer``
-    is not used)."""
+    """The ``whisper`` entry of sgpt.units.encoders: each window at its own length (``layer``
+    is not used: the encoder's output)."""
     return load_whisper(checkpoint, device, dtype)
+
+
+def load_padded(checkpoint: str | os.PathLike | None, layer: int,
+                device: str | torch.device, dtype: str | torch.dtype) -> WhisperEncoder:
+    """The ``whisper-padded`` entry: every window padded to 30 s, as sgpt 0.1's whisper."""
+    return load_whisper(checkpoint, device, dtype, padded=True)
