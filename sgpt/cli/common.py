@@ -124,6 +124,39 @@ class TableChoice(click.Choice):
         return tuple(self.table)
 
 
+def check_output(output: str, inputs: Sequence[str] = (), option: str = "-o") -> None:
+    """``-o FILE`` checked before any work (a usage error naming it): not a directory, not
+    one of the inputs (writing there would lose them, or 'resume' from them), and in a
+    directory that exists or can be made, and can be written."""
+    def bad(reason: str) -> click.BadParameter:
+        return click.BadParameter(reason, param_hint=f"'{option}'")
+
+    if output == "-":
+        return
+    if os.path.isdir(output):
+        raise bad(f"{output} is a directory: name the output file")
+    for source in inputs:
+        if source != "-" and os.path.exists(output) and os.path.exists(source) \
+                and os.path.samefile(output, source):
+            raise bad(f"{output} is also an input: write into another file")
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise bad(f"{output}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise bad(f"{output}: cannot write in {parent}")
+
+
+def check_output_dir(output: str) -> None:
+    """``-o DIR`` checked before any work: not a file, and makeable and writable."""
+    if output == "-":
+        return
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise click.BadParameter(f"{output} is a file: name a directory", param_hint="'-o'")
+    check_output(os.path.join(output, "x"))
+
+
 def parse_shard(value: str | None) -> tuple[int, int]:
     """``I/N`` (0-based I) -> (I, N). None -> from SLURM array variables, else (0, 1)."""
     if value is None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import click
 
 from sgpt import __version__
-from sgpt.cli.common import Reporter, run_tool
+from sgpt.cli.common import Reporter, check_output, run_tool
 from sgpt.core.errors import RecordError, first_line
 from sgpt.core.files import write_atomic, write_json
 from sgpt.core.records import read_records
@@ -91,10 +91,13 @@ def judge_options(fn):
                              "weights), else pocketsphinx with a warning.")(fn)
 
 
-def check_outputs(per_record, summary_file):
+def check_outputs(per_record, summary_file, inputs=()):
     if per_record == "-" and summary_file is None:
         raise click.UsageError("--per-record - needs --summary FILE (stdout cannot hold "
                                "both)")
+    for output, option in ((per_record, "--per-record"), (summary_file, "--summary")):
+        if output is not None:
+            check_output(output, inputs, option)
 
 
 def judge_of(kind, command, batch_size, reporter):
@@ -106,7 +109,7 @@ def judge_of(kind, command, batch_size, reporter):
 def _score(inputs, summary_file, per_record, score) -> int:
     """Read the answers, score them (``score(answers, load, reporter)``, where ``load(PATH)``
     reads a side file of records, or None), report: what every scorer does."""
-    check_outputs(per_record, summary_file)
+    check_outputs(per_record, summary_file, inputs)
     reporter = Reporter(TOOL)
     errors: list[RecordError] = []
     answers = _read(inputs, errors)
@@ -296,6 +299,8 @@ def judge(inputs, kind, judge_cmd, ref_key, batch_size, summary_file, group_by):
       sgpt-vocode -o resynth/ units.jsonl > resynth.jsonl
       sgpt-evaluate judge --summary wer.json --group-by voice resynth.jsonl > judged.jsonl
     """
+    if summary_file is not None:
+        check_output(summary_file, inputs, "--summary")
     reporter = Reporter(TOOL)
     records = []
     for rec in read_records(inputs or ["-"]):

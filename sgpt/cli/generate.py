@@ -12,6 +12,7 @@ from sgpt import __version__
 from sgpt.cli.common import (
     Reporter,
     TableChoice,
+    check_output,
     device_options,
     parse_shard,
     progress_bar,
@@ -39,21 +40,6 @@ def _inputs(inputs: tuple[str, ...]) -> tuple[str, ...]:
         raise click.UsageError("no input: pass record files, or pipe records into stdin "
                                "(or talk to the model with -i)")
     return ("-",)
-
-
-def _check_output(output: str, sources: tuple[str, ...]) -> None:
-    """-o names a file that is not an input: answering into the questions' own file would
-    'resume' from them (every id already there) and answer nothing."""
-    if output == "-":
-        return
-    if os.path.isdir(output):
-        raise click.BadParameter(f"{output} is a directory: name the output file",
-                                 param_hint="'-o'")
-    for source in sources:
-        if source != "-" and os.path.exists(output) and os.path.exists(source) \
-                and os.path.samefile(output, source):
-            raise click.BadParameter(f"{output} is also an input: answer into another file",
-                                     param_hint="'-o'")
 
 
 class Session:
@@ -289,7 +275,7 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
                           not no_prefix_cache)
         return talk(session, speech, reporter, truncate, instructions)
     sources = _inputs(inputs)
-    _check_output(output, sources)
+    check_output(output, sources)
     shard_index = parse_shard(shard)
     session = Session(model, adapter, tokenizer, device, dtype, sampling, batch_size,
                       not no_prefix_cache)

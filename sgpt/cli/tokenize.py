@@ -10,6 +10,7 @@ from sgpt import __version__
 from sgpt.cli.common import (
     Reporter,
     TableChoice,
+    check_output,
     device_options,
     parse_shard,
     progress_bar,
@@ -67,6 +68,7 @@ def output_option(fn: Callable) -> Callable:
 def _build(inputs, output: str, fmt: str, reporter: Reporter, progress,
            make: Callable[[dict], list[dict]], description: str) -> int:
     """Read records, turn each into output records with ``make``, write them; resumable."""
+    check_output(output, inputs)
     writer = RecordWriter(output, fmt)
     resumed = set(writer.done)  # ids a killed or finished run already wrote
     written: set[str] = set()
@@ -312,6 +314,7 @@ def quadruplets(encoder, checkpoint, layer, kmeans, tts_cmd, voices, seed, jobs,
     from sgpt.units.speech_encoder import load_speech_encoder
 
     reporter = Reporter(TOOL, strict)
+    check_output(output, inputs)
     if encoder is None and checkpoint is None:
         raise click.UsageError("give --encoder mfcc or whisper, or --checkpoint HUBERT.pt")
     if jobs < 1 or batch_size < 1:
@@ -431,6 +434,8 @@ def unpack(packed, tokenizer, output):
 
     from sgpt.lm.tokenizer import SpeechTokenizer
     from sgpt.tokenize.pack import PackedDataset
+
+    check_output(output)
 
     ds = PackedDataset(packed)
     path = tokenizer or ds.tokenizer.get("path")

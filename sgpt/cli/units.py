@@ -14,6 +14,7 @@ from sgpt.cli.common import (
     DefaultGroup,
     Reporter,
     TableChoice,
+    check_output,
     device_options,
     parse_shard,
     progress_bar,
@@ -274,6 +275,7 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
           --format speechgpt -o units.txt
     """
     reporter = Reporter(TOOL, strict)
+    check_output(output, inputs)
     dense, kmeans = _encode_choice(encoder, checkpoint, kmeans)
     shard_index = parse_shard(shard)
     items = shard_items(gather_items(inputs, manifest, reporter), shard_index)
@@ -335,6 +337,7 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
     from sgpt.units.speech_encoder import load_speech_encoder
 
     reporter = Reporter(TOOL, strict)
+    check_output(output, inputs)
     dense = _dense_choice(encoder, checkpoint)
     items = gather_items(inputs, manifest, reporter)
     dev = resolve_device(device)

@@ -16,6 +16,7 @@ from sgpt.cli.common import (
     DefaultGroup,
     Reporter,
     StrictStop,
+    check_output_dir,
     device_options,
     progress_bar,
     run_options,
@@ -241,6 +242,7 @@ def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, ch
         raise click.UsageError("-o -: stdout is a terminal; pipe it (| play -, | sox - x.flac)")
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    check_output_dir(output)
     sources = _inputs(inputs)
     if vocoder is None:
         if config_file is not None:
