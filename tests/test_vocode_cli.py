@@ -165,6 +165,19 @@ def test_file_names_from_any_id_stay_in_the_directory(vocoder, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]  # nothing escaped
 
 
+def test_a_record_asking_for_too_much_audio_is_refused_before_any_allocation(vocoder,
+                                                                             tmp_path):
+    hostile = [{"id": "long", "units": [1, 2], "durations": [10_000_000, 10_000_000]},
+               {"id": "many", "units": [1, 2] * 500_000},
+               {"id": "ok", "units": [1, 2, 3], "durations": [2, 2, 2]}]
+    r = vocode(vocoder, "-o", tmp_path / "out", "--max-seconds", 600, input=jsonl(hostile))
+    assert r.returncode == 1, r.stderr
+    errors = r.stderr.strip().splitlines()
+    assert [e.split(": ")[2] for e in errors] == ["long", "many"], errors
+    assert all("s of audio asked for" in e and "over --max-seconds 600" in e for e in errors)
+    assert [rec["id"] for rec in records(r.stdout)] == ["ok"]
+
+
 def test_usage_and_checkpoint_errors(vocoder, tmp_path):
     r = run_tool("sgpt-vocode", "-o", tmp_path, input="1 2 3\n")
     assert r.returncode == 2 and "--vocoder" in r.stderr and "config.json" in r.stderr

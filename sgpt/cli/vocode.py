@@ -211,12 +211,16 @@ def cli():
                    "bounded memory.")
 @click.option("--overwrite", is_flag=True,
               help="Vocode again records whose DIR/{id}.wav already exists.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True,
+              help="A record asking for more audio (its durations, or a frame a unit) is "
+                   "refused by name before anything is allocated.")
 @device_options
 @run_options
 @click.argument("inputs", nargs=-1, metavar="[RECORDS|-]...")
 @run_tool(TOOL)
 def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, chunk, overwrite,
-           device, dtype, progress, strict, inputs):
+           max_seconds, device, dtype, progress, strict, inputs):
     """Vocode unit records into speech.
 
     RECORDS are JSONL records with 'units' (and, optionally, 'durations', 'units_meta'),
@@ -257,7 +261,8 @@ def vocode(vocoder, config_file, output, dur_prediction, speaker, batch_size, ch
     dev = resolve_device(device)
     model = load_vocoder(vocoder, config_file, dev, resolve_dtype(dtype, dev))
     try:
-        voc = Vocoder(model, dur_prediction, speaker, batch_size, chunk)
+        voc = Vocoder(model, dur_prediction, speaker, batch_size, chunk,
+                      max_seconds=max_seconds)
     except SgptError as e:
         raise click.UsageError(str(e)) from None
     out = Output(output, voc.sample_rate, overwrite, reporter)

@@ -41,6 +41,10 @@ class _Piece:
     keep: slice       # samples of the output that belong to the utterance
 
 
+# The longest utterance a record may ask for (sgpt-vocode --max-seconds): refused by name
+# before anything is allocated, not an out-of-memory crash that loses the run.
+MAX_SECONDS = 600.0
+
 # A batch takes a further (longer) item only while padding stays under this share of the
 # real frames: the generator's cost is per padded sample, so a batch of one long and seven
 # short utterances would cost more than vocoding them apart.
@@ -53,7 +57,7 @@ class Vocoder:
 
     def __init__(self, model, dur_prediction: str = "auto",
                  speaker: int | None = None, batch_size: int = 8, chunk: int | None = None,
-                 max_padding: float = MAX_PADDING):
+                 max_padding: float = MAX_PADDING, max_seconds: float = MAX_SECONDS):
         if dur_prediction not in DUR_MODES:
             raise ValueError(f"dur_prediction must be one of {DUR_MODES}")
         speakers = model.num_speakers
@@ -76,6 +80,8 @@ class Vocoder:
         self.chunk = chunk
         self.context = model.context
         self.sample_rate = model.sample_rate
+        self.max_seconds = max_seconds
+        self.max_frames = int(max_seconds * model.sample_rate / model.hop)
         self.warned_no_predictor = False
 
     @property
@@ -90,6 +96,13 @@ class Vocoder:
             raise RecordError(rid, "no 'units' to vocode")
         check_units(record, self.model.k, "this vocoder")
         durations = check_durations(record)
+        # at least a frame a unit; predicted durations are the predictor's (about 2-3 a unit)
+        frames = sum(durations) if durations is not None and self.dur_prediction != "on" \
+            else len(units)
+        if frames > self.max_frames:
+            seconds = frames * self.model.hop / self.sample_rate
+            raise RecordError(rid, f"{seconds:,.0f} s of audio asked for ({frames:,} frames): "
+                                   f"over --max-seconds {self.max_seconds:g}")
         if self.dur_prediction == "on":
             return Request(rid, units, None, True)
         if durations is not None:
