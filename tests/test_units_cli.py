@@ -295,3 +295,14 @@ def test_a_new_encoder_is_one_module_and_one_table_entry(wavs, tmp_path):
     # without the entry it is an unknown choice, a usage error
     r = run_tool("sgpt-units", "--encoder", "toy", "--kmeans", km, wavs[0])
     assert r.returncode == 2 and "'toy' is not one of" in r.stderr
+
+
+def test_finished_records_are_written_every_few_files(wavs):
+    """A window of audio is encoded, then written: one holds 16 files at most, so a run over
+    many short files killed midway keeps all but the last few."""
+    from sgpt.cli.common import Reporter
+    from sgpt.cli.units import WINDOW_FILES, Item, windows
+
+    items = [Item({"id": f"u{i}"}, w, w) for i, w in enumerate(wavs * 12)]  # 36 files
+    sizes = [len(w) for w in windows(items, Reporter("sgpt-units"), 10 ** 12, lambda: None)]
+    assert WINDOW_FILES == 16 and sizes == [16, 16, 4]

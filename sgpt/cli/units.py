@@ -33,6 +33,9 @@ TOOL = "sgpt-units"
 
 # Audio is read ahead in windows of this many batches, so batches can be sorted by length.
 WINDOW_BATCHES = 4
+# ... and at most this many files: finished records are written at least every 16 files, so
+# a killed run over many short files keeps what it did (a re-run resumes after them)
+WINDOW_FILES = 16
 
 REAL = ("--encoder mfcc|whisper --kmeans CENTROIDS.npy, or --encoder hubert --checkpoint "
         "mhubert_base_vp_en_es_fr_it3.pt --layer 11 --kmeans "
@@ -146,8 +149,10 @@ def load_item(item: Item):
     return load_audio(item.audio)
 
 
-def windows(items: list[Item], reporter: Reporter, window_samples: int, advance):
-    """Lists of (item, waveform) of about ``window_samples`` samples; bad audio reported."""
+def windows(items: list[Item], reporter: Reporter, window_samples: int, advance,
+            max_files: int = WINDOW_FILES):
+    """Lists of (item, waveform) of about ``window_samples`` samples and at most
+    ``max_files`` files; bad audio reported."""
     window: list = []
     total = 0
     for item in items:
@@ -162,7 +167,7 @@ def windows(items: list[Item], reporter: Reporter, window_samples: int, advance)
             continue
         window.append((item, wave))
         total += len(wave)
-        if total >= window_samples:
+        if total >= window_samples or len(window) >= max_files:
             yield window
             window, total = [], 0
     if window:
