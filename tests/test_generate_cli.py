@@ -304,6 +304,9 @@ def test_config_file_settings_and_flags_over_them(model_dir, tmp_path):
     config.write_text("max_new_tokens: 7\ntemprature: 0.1\n")
     r = runner.invoke(cli, ["--config", str(config)], input=question)
     assert r.exit_code == 2 and "unknown setting 'temprature'" in r.stderr
+    config.write_text("max-new-tokens: lots\n")  # a wrong type names the file and the key
+    r = runner.invoke(cli, ["--config", str(config)], input=question)
+    assert r.exit_code == 2 and f"{config}: setting 'max-new-tokens': 'lots'" in r.stderr
 
 
 def test_a_stage_1_model_continues_units_unless_told_otherwise(tmp_path):

@@ -449,6 +449,8 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
     # missing or invalid settings are usage errors (exit 2, click's format), as in every tool
     bad_yaml = tmp_path / "typo.yaml"
     bad_yaml.write_text("lerning_rate: 1\n")
+    bad_type = tmp_path / "type.yaml"
+    bad_type.write_text("lr: fast\nbatch-size: 2\n")
     for args, words in [
             (cli_args(data, existing)[2:], "--stage must be one of"),
             (cli_args(data, existing)[:6], "no --output given"),
@@ -456,7 +458,9 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
             (cli_args(data, existing, "--config", tmp_path / "nope.yaml"),
              "Invalid value for '--config'"),
             (cli_args(data, existing, "--config", bad_yaml),
-             f"{bad_yaml}: unknown setting 'lerning_rate'")]:
+             f"{bad_yaml}: unknown setting 'lerning_rate'"),
+            (cli_args(data, existing, "--config", bad_type),
+             f"{bad_type}: setting 'lr': 'fast' is not a number")]:
         result = invoke(args)
         assert result.exit_code == 2 and words in result.output, (args, result.output)
         assert "Traceback" not in result.output

@@ -109,13 +109,17 @@ def _read_config(ctx: click.Context, param, value: str | None):
         data = read_yaml_mapping(value)
     except SgptError as e:
         raise click.BadParameter(str(e)) from None
-    names = {p.name for p in ctx.command.params if isinstance(p, click.Option)}
+    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
     settings = {}
     for key, setting in data.items():
         name = str(key).replace("-", "_")
-        if name not in names or name in ("config_file", "help", "version"):
+        if name not in options or name in ("config_file", "help", "version"):
             raise click.BadParameter(f"{value}: unknown setting {key!r} (the settings are "
                                      "the long options, e.g. max-new-tokens: 512)")
+        try:  # checked here, so that a wrong one names the file, not only the flag
+            options[name].type_cast_value(ctx, setting)
+        except click.BadParameter as e:
+            raise click.BadParameter(f"{value}: setting {key!r}: {e.message}") from None
         settings[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value

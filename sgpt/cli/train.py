@@ -133,7 +133,7 @@ def cli(ctx, config_file, **flags):
         raise click.UsageError(f"{config_file}: {e}") from None
     except SettingsError as e:  # a missing or invalid setting: exit 2, like click's own
         message = str(e)
-        if config_file and message.startswith("unknown setting"):
+        if config_file and message.startswith(("unknown setting", "setting ")):
             message = f"{config_file}: {message}"
         raise click.UsageError(message) from None
     run = Run(config, log=reporter.info, warn=reporter.warn)

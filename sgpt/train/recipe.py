@@ -186,20 +186,41 @@ def config_keys() -> set[str]:
 
 def make_config(file_values: dict, overrides: dict) -> TrainConfig:
     """A config from a YAML file's mapping and the flags given (flags win)."""
+    defaults = {f.name: getattr(TrainConfig, f.name, None) for f in fields(TrainConfig)}
     values: dict = {}
     for source in (file_values, overrides):
         for key, value in source.items():
             key = key.replace("-", "_")
             if key not in config_keys():
                 raise SettingsError(f"unknown setting {key!r}")
-            values[key] = value
-    for key in ("data", "eval_data", "lora_target"):
-        if isinstance(values.get(key), str):
-            values[key] = [v for v in values[key].split(",") if v]
+            if key in ("data", "eval_data", "lora_target") and isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            values[key] = _typed(key, value, defaults.get(key))
     config = TrainConfig(**values)
     if config.method is None:
         config.method = "lora" if config.stage == "chain-of-modality" else "full"
     return config
+
+
+def _typed(key: str, value, default):
+    """``value`` as the kind of the setting's default: a number where a number goes (YAML
+    reads ``1e-3`` as a string: it is taken as the number), else SettingsError."""
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            pass
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,),
+             list: (list,), tuple: (list, tuple)}
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list", tuple: "a list"}
+    if kind in kinds and (not isinstance(value, kinds[kind])
+                          or (kind is not bool and isinstance(value, bool))):
+        raise SettingsError(f"setting {key!r}: {value!r} is not {names[kind]}")
+    return value
 
 
 def dump_yaml(config: TrainConfig) -> str:
