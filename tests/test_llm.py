@@ -201,6 +201,14 @@ def test_bad_model_dirs(tmp_path):
         load_model_dir(str(tmp_path / "out"))
     with pytest.raises(CheckpointError, match="no such model directory"):
         load_model_dir(str(tmp_path / "missing"))
+    # an adapter config without peft's keys: named, with the key
+    meta["base_model"] = str(base)
+    (tmp_path / "out" / MODEL_META).write_text(json.dumps(meta))
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    del config["peft_type"]
+    (tmp_path / "out" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="adapter_config.json: no 'peft_type' key"):
+        load_model_dir(str(tmp_path / "out"))
 
 
 def _permute(w, n_head):

@@ -325,6 +325,9 @@ def _apply_adapter(model, adapter: str, merge: bool):
         with quiet_transformers(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft calls deprecated names
             model = PeftModel.from_pretrained(model, adapter, is_trainable=not merge)
+    except KeyError as e:  # peft reads adapter_config.json's keys without checking them
+        raise CheckpointError(f"{adapter}/{ADAPTER_CONFIG}: no {e.args[0]!r} key: not a PEFT "
+                              "adapter config") from None
     except Exception as e:
         raise CheckpointError(f"cannot apply the adapter {adapter}: {first_line(e)}") from None
     return model.merge_and_unload() if merge else model
