@@ -306,3 +306,12 @@ def test_finished_records_are_written_every_few_files(wavs):
     items = [Item({"id": f"u{i}"}, w, w) for i, w in enumerate(wavs * 12)]  # 36 files
     sizes = [len(w) for w in windows(items, Reporter("sgpt-units"), 10 ** 12, lambda: None)]
     assert WINDOW_FILES == 16 and sizes == [16, 16, 4]
+
+
+def test_binary_stdin_that_is_not_audio_is_one_error(km):
+    noise = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+    assert b"\0" in noise
+    r = run_tool("sgpt-units", "--encoder", "mfcc", "--kmeans", km, input=noise)
+    assert r.returncode == 1 and r.stdout == b""
+    assert r.stderr.decode().splitlines() == [
+        "sgpt-units: error: stdin: neither an audio file nor lines of paths or records"]

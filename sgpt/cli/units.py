@@ -67,6 +67,9 @@ def _stdin_items(reporter: Reporter) -> list[Item]:
     data = sys.stdin.buffer.read()
     if looks_like_audio(data[:4]):
         return [Item({"id": "stdin"}, data, "stdin")]
+    if b"\0" in data:  # binary, and not audio libsndfile knows: not lines of anything
+        reporter.error("stdin", "neither an audio file nor lines of paths or records")
+        return []
     items = []
     for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
         line = line.strip()
