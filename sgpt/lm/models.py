@@ -143,11 +143,13 @@ def _from_pretrained(source: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": dtype}
+    entry = None  # the cache entry of a GGUF file: read, or made after dequantizing
     if is_gguf(source):
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"{source}: no such GGUF file")
-        cached = _cached_model(*_gguf_entry(path, dtype), dtype)
+        entry = _gguf_entry(path, dtype)
+        cached = _cached_model(*entry, dtype)
         if cached is not None:
             return cached
         try:
@@ -168,12 +170,12 @@ def _from_pretrained(source: str, dtype: torch.dtype):
     except Exception as e:  # transformers raises many kinds; the user needs one line
         raise CheckpointError(f"cannot load a causal LM from {source}: {first_line(e)}"
                               ) from None
-    if "gguf_file" in kwargs:
+    if entry is not None:
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config  # dequantized: saved as a plain model
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer = None  # its weights are plain tensors now
-        _cache_model(*_gguf_entry(Path(source) / kwargs["gguf_file"], dtype), model)
+        _cache_model(*entry, model)
     return model
 
 
