@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pty
+import select
 import shutil
 import statistics
 import subprocess
@@ -38,6 +40,30 @@ def run(cache: str) -> tuple[float, str]:
     return seconds, r.stdout
 
 
+def prompt(cache: str) -> float:
+    """Seconds from starting ``sgpt-generate -i`` on a terminal to its "> " prompt."""
+    env = {**os.environ, "SGPT_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+    env.pop("SGPT_DEFAULT", None)
+    master, slave = pty.openpty()
+    t0 = time.perf_counter()
+    p = subprocess.Popen([str(BIN / "sgpt-generate"), "-i", "--greedy"], stdin=slave,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    seen = b""
+    while not seen.endswith(b"> "):
+        if not select.select([p.stderr], [], [], 300)[0]:
+            sys.exit("sgpt-generate -i showed no prompt in 5 minutes")
+        chunk = os.read(p.stderr.fileno(), 4096)
+        if not chunk:
+            sys.exit(f"sgpt-generate -i ended before its prompt: {seen.decode()[-500:]}")
+        seen += chunk
+    seconds = time.perf_counter() - t0
+    os.write(master, b"\n")  # an empty line ends the conversation
+    p.wait()
+    os.close(master)
+    os.close(slave)
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -45,7 +71,7 @@ def main() -> None:
     warm_cache = tempfile.mkdtemp(prefix="sgpt-bench-warm-")
     try:
         _, reference = run(warm_cache)  # fills the warm cache
-        cold, warm = [], []
+        cold, warm, prompts = [], [], []
         for _ in range(args.repeats):
             cold_cache = tempfile.mkdtemp(prefix="sgpt-bench-cold-")
             try:
@@ -57,12 +83,14 @@ def main() -> None:
             seconds, out = run(warm_cache)
             warm.append(seconds)
             assert out == reference, f"a warm start answered {out!r}, not {reference!r}"
+            prompts.append(prompt(warm_cache))
     finally:
         shutil.rmtree(warm_cache, ignore_errors=True)
     c, w = statistics.median(cold), statistics.median(warm)
     print(f"sgpt-generate --greedy --max-new-tokens 1, embedded default, {args.repeats} runs "
           f"each, medians: cold {c:.1f} s, warm {w:.1f} s ({c / w:.1f}x); same answer in "
-          "every run")
+          f"every run; warm -i to its prompt {statistics.median(prompts):.1f} s; load "
+          f"average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

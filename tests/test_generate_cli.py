@@ -8,6 +8,7 @@ import os
 import select
 import subprocess
 
+import click
 import numpy as np
 import pytest
 import soundfile as sf
@@ -205,15 +206,28 @@ def test_interactive_text_and_audio_questions(model_dir, vocoder, speech_dir, tm
     assert sum(line.startswith("answer:") for line in lines[2:]) == 2
 
 
-def test_interactive_audio_needs_the_units_flags(model_dir, speech_dir):
-    from sgpt.cli.generate import Session, Voice
+def test_interactive_audio_needs_the_units_flags(speech_dir):
+    from sgpt.cli.generate import Voice
     from sgpt.core.errors import SgptError
-    from sgpt.generate.decode import Sampling
 
-    session = Session(str(model_dir), None, None, "cpu", "float32", Sampling(), 1, True)
-    voice = Voice(session, None, None, 11, None, None, None, ".")
+    voice = Voice(None, None, 11, None, None, None, ".", "cpu", "float32")
+    voice.ready(50)
     with pytest.raises(SgptError, match="--units-kmeans"):
         voice.units(str(speech_dir / "s0.wav"))
+    with pytest.raises(click.UsageError, match="--units-kmeans"):
+        Voice("mfcc", None, 11, None, None, None, ".", "cpu", "float32")
+
+
+def test_interactive_speech_errors_of_the_background_load_are_raised_by_ready(tmp_path):
+    """The encoder and vocoder load while the model does: a broken one is still named
+    before the first prompt, in the main thread."""
+    from sgpt.cli.generate import Voice
+    from sgpt.core.errors import SgptError
+
+    voice = Voice("mfcc", None, 11, str(tmp_path / "missing.npy"), None, None, ".", "cpu",
+                  "float32")
+    with pytest.raises(SgptError, match="missing.npy"):
+        voice.ready(50)
 
 
 @pytest.mark.parametrize("k, reason", [(60, "not the tokenizer it was trained with"),

@@ -441,6 +441,9 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
     assert snapshot(existing) == before
     # a directory of another run is not taken over
     one_error_line(invoke(cli_args(data, existing)), "holds a run with other settings")
+    # an output that cannot be made: named before the model loads
+    one_error_line(invoke(cli_args(data, existing / "keep.txt" / "out")),
+                   f"{existing / 'keep.txt'} is not a directory")
     # a shard packed with another tokenizer than its sibling
     one_error_line(invoke(cli_args(data, tmp_path / "new") + ["--data", str(s2_other)]),
                    "another tokenizer")

@@ -92,6 +92,28 @@ def run_tool(tool: str) -> Callable:
     return wrap
 
 
+def console_main(command: click.Command, prog_name: str) -> None:
+    """A tool's console script: run ``command``, then leave without tearing down the
+    interpreter. Freeing torch's and transformers' modules at exit takes about a second,
+    paid after the work is done by every invocation in a pipeline; everything the tools
+    write is closed by then (files in ``with`` blocks, atomic renames done), and stdout and
+    stderr are flushed here. Not for sgpt-train, whose distributed runs shut down their
+    process group at exit."""
+    try:
+        command.main(prog_name=prog_name)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            click.echo(e.code, err=True)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 def _silence_stdout() -> None:
     """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -139,13 +161,11 @@ def check_output(output: str, inputs: Sequence[str] = (), option: str = "-o") ->
         if source != "-" and os.path.exists(output) and os.path.exists(source) \
                 and os.path.samefile(output, source):
             raise bad(f"{output} is also an input: write into another file")
-    parent = os.path.dirname(os.path.abspath(output))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise bad(f"{output}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise bad(f"{output}: cannot write in {parent}")
+    from sgpt.core.files import unwritable
+
+    reason = unwritable(output)
+    if reason:
+        raise bad(f"{output}: {reason}")
 
 
 def check_output_dir(output: str) -> None:

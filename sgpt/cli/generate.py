@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from sgpt.cli.common import (
     Reporter,
     TableChoice,
     check_output,
+    console_main,
     device_options,
     parse_shard,
     progress_bar,
@@ -272,12 +274,14 @@ def cli(model, adapter, tokenizer, task, asr_instruction, tts_instruction, greed
     if interactive:
         if inputs:
             raise click.UsageError("-i reads what you type: give no record files with it")
-        speech = dict(encoder=units_encoder, checkpoint=units_checkpoint, layer=units_layer,
-                      kmeans=units_kmeans, vocoder=vocoder, vocoder_config=vocoder_config,
-                      wav_dir=wav_dir)
+        # the speech encoder and vocoder load while the model does; the prompt shows
+        # when both are ready
+        voice = Voice(units_encoder, units_checkpoint, units_layer, units_kmeans, vocoder,
+                      vocoder_config, wav_dir, device, dtype)
         session = Session(model, adapter, tokenizer, device, dtype, sampling, 1,
                           not no_prefix_cache)
-        return talk(session, speech, reporter, truncate, instructions)
+        voice.ready(session.tokenizer.k)
+        return talk(session, voice, reporter, truncate, instructions)
     sources = _inputs(inputs)
     check_output(output, sources)
     shard_index = parse_shard(shard)
@@ -356,31 +360,51 @@ def answer_records(session: Session, sources, output: str, reporter: Reporter,
 
 
 class Voice:
-    """-i: the speech encoder (audio questions) and vocoder (spoken answers), if given."""
+    """-i: the speech encoder (audio questions) and vocoder (spoken answers), if given,
+    loaded in a thread while the model loads (``ready`` waits for them)."""
 
-    def __init__(self, session: Session, encoder, checkpoint, layer, kmeans, vocoder,
-                 vocoder_config, wav_dir):
+    def __init__(self, encoder, checkpoint, layer, kmeans, vocoder, vocoder_config, wav_dir,
+                 device: str, dtype: str):
+        from sgpt.core.device import resolve_device, resolve_dtype
+
+        if (encoder or checkpoint) and kmeans is None:
+            raise click.UsageError("-i with audio questions needs --units-kmeans (and "
+                                   "--units-checkpoint, or --units-encoder mfcc)")
         self.encoder = self.vocoder = None
         self.wav_dir = Path(wav_dir)
-        if encoder or checkpoint or kmeans:
-            if kmeans is None:
-                raise click.UsageError("-i with audio questions needs --units-kmeans (and "
-                                       "--units-checkpoint, or --units-encoder mfcc)")
-            from sgpt.units.speech_encoder import load_speech_encoder
+        self._error: BaseException | None = None
+        device = resolve_device(device)
+        self._thread = threading.Thread(
+            target=self._load, daemon=True,
+            args=(encoder, checkpoint, layer, kmeans, vocoder, vocoder_config, device,
+                  resolve_dtype(dtype, device)))
+        self._thread.start()
 
-            self.encoder = load_speech_encoder(encoder or CHECKPOINT_ENCODER, kmeans,
-                                               checkpoint, layer, session.device,
-                                               session.dtype)
-            k = self.encoder.meta["k"]
-            if k != session.tokenizer.k:
-                raise SgptError(f"--units-kmeans has k={k}, the model's tokenizer "
-                                f"{session.tokenizer.k} units")
-        if vocoder:
-            from sgpt.vocode.architectures import load_vocoder
-            from sgpt.vocode.vocoder import Vocoder
+    def _load(self, encoder, checkpoint, layer, kmeans, vocoder, vocoder_config, device,
+              dtype) -> None:
+        try:
+            if kmeans:
+                from sgpt.units.speech_encoder import load_speech_encoder
 
-            self.vocoder = Vocoder(load_vocoder(vocoder, vocoder_config, session.device,
-                                                session.dtype))
+                self.encoder = load_speech_encoder(encoder or CHECKPOINT_ENCODER, kmeans,
+                                                   checkpoint, layer, device, dtype)
+            if vocoder:
+                from sgpt.vocode.architectures import load_vocoder
+                from sgpt.vocode.vocoder import Vocoder
+
+                self.vocoder = Vocoder(load_vocoder(vocoder, vocoder_config, device, dtype))
+        except BaseException as e:  # raised in the main thread by ready()
+            self._error = e
+
+    def ready(self, k: int) -> None:
+        """Wait for the encoder and vocoder; their load's error, or a k that is not the
+        model's, is raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self.encoder is not None and self.encoder.meta["k"] != k:
+            raise SgptError(f"--units-kmeans has k={self.encoder.meta['k']}, the model's "
+                            f"tokenizer {k} units")
 
     def units(self, path: str) -> dict:
         """A spoken question: the record of an audio file's units."""
@@ -405,7 +429,7 @@ class Voice:
         return path
 
 
-def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
+def talk(session: Session, voice: Voice, reporter: Reporter, truncate: bool,
          instructions: dict) -> int:
     """-i: read a question a line, print the answer.
 
@@ -414,7 +438,6 @@ def talk(session: Session, speech: dict, reporter: Reporter, truncate: bool,
     """
     from sgpt.generate.decode import answer_record, build_prompt
 
-    voice = Voice(session, **speech)
     tty = sys.stdin.isatty()
     hint = "text or an audio file path" + ("" if voice.encoder else " (with --units-kmeans)")
     if tty:
@@ -473,7 +496,7 @@ def _looks_like_audio_path(word: str) -> bool:
 
 
 def main():
-    cli(prog_name=TOOL)
+    console_main(cli, TOOL)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,22 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
 MAX_NAME_BYTES = 200
 
 
+def unwritable(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (a file or directory, existing or not) cannot be made or written, or
+    None: its nearest existing ancestor must be a directory this process can write in."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else f"{path} cannot be written"
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write in {parent}"
+    return None
+
+
 def safe_name(record_id: str, suffix: str) -> str:
     """A file name for a record id, inside its directory whatever the id: path separators
     and NUL become ``_``, a leading dot ``_`` (no hidden files, no ``..``), and an id too long

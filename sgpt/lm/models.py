@@ -46,15 +46,18 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 @contextmanager
-def quiet_transformers():
-    """No loading bars or info logs from transformers: stderr is for our own lines."""
+def quiet_transformers(gguf: bool = False):
+    """No loading bars or info logs from transformers: stderr is for our own lines.
+
+    ``gguf``: also the bar of GGUF dequantizing (whose module costs 0.3 s to import, so
+    only loads of a GGUF file pay for it)."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    gguf_utils = _gguf_utils()
+    gguf_utils = _gguf_utils() if gguf else None
     gguf_bar = getattr(gguf_utils, "tqdm", None)
     if gguf_bar is not None:  # GGUF loading draws a plain tqdm bar of its own
         gguf_utils.tqdm = functools.partial(gguf_bar, disable=True)
@@ -163,7 +166,7 @@ def _from_pretrained(source: str, dtype: torch.dtype):
     elif not (Path(source) / "config.json").is_file():
         raise CheckpointError(f"{source}: no config.json: not a transformers model directory")
     try:
-        with quiet_transformers():
+        with quiet_transformers(gguf="gguf_file" in kwargs):
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except CheckpointError:
         raise

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from sgpt.core.device import slow_bfloat16_note
 from sgpt.core.errors import CheckpointError, SgptError
-from sgpt.core.files import read_yaml_mapping
+from sgpt.core.files import read_yaml_mapping, unwritable
 from sgpt.core.training import (
     Interrupted,
     autocast,
@@ -606,6 +606,9 @@ class Run:
         out = self.out
         if out.exists() and not out.is_dir():
             raise TrainError(f"{out}: exists and is not a directory")
+        reason = unwritable(out)
+        if reason:
+            raise TrainError(f"{out}: {reason}")
         if not out.exists() or not any(out.iterdir()):
             return False
         saved = out / CONFIG_FILE
