@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import click
 
 from sgpt import __version__
-from sgpt.cli.common import Reporter, check_output, run_tool
+from sgpt.cli.common import Reporter, check_output, console_main, run_tool
 from sgpt.core.errors import RecordError, first_line
 from sgpt.core.files import write_atomic, write_json
 from sgpt.core.records import read_records
@@ -31,6 +31,7 @@ from sgpt.evaluate.scores import (
     score_judged,
     score_qa,
     score_units,
+    transcribe_each,
     unique_records,
 )
 
@@ -261,11 +262,20 @@ def report(summaries, json_file):
         except FileNotFoundError:
             reporter.warn(f"{path}: no such summary (that part was not run)")
             continue
+        except RecursionError:
+            reporter.error(path, "not a JSON summary (nested too deep)")
+            continue
         except (OSError, ValueError) as e:
             reporter.error(path, f"not a JSON summary ({first_line(e)})")
             continue
         if not isinstance(data, dict) or "task" not in data:
             reporter.error(path, "not a summary of sgpt-evaluate")
+            continue
+        try:  # a field missing or of the wrong kind names its file, not the whole report
+            render_report({path: data})
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            what = f"no {e.args[0]!r} field" if isinstance(e, KeyError) else first_line(e)
+            reporter.error(path, f"not a summary of sgpt-evaluate ({what})")
             continue
         loaded[path] = data
     if json_file:
@@ -314,7 +324,17 @@ def judge(inputs, kind, judge_cmd, ref_key, batch_size, summary_file, group_by):
         reporter.error("input", "no records to judge")
         return 1
     kwargs = {"batch_size": batch_size} if kind == "whisper" and not judge_cmd else {}
-    summary = judge_records(records, make_judge(kind, judge_cmd, **kwargs), ref_key, group_by)
+    asr = make_judge(kind, judge_cmd, **kwargs)
+    # a file the judge cannot read is an error naming its record; the others are judged
+    hyps, failed = transcribe_each(asr, [rec["audio"] for rec in records])
+    for i, reason in failed.items():
+        reporter.error(records[i]["id"], reason)
+    records = [rec for i, rec in enumerate(records) if i not in failed]
+    if not records:
+        reporter.error("input", "no records to judge")
+        return 1
+    summary = judge_records(records, asr, ref_key, group_by,
+                            [h for i, h in enumerate(hyps) if i not in failed])
     for rec in records:
         click.echo(json.dumps(rec, ensure_ascii=False))
     text = json.dumps(summary)
@@ -325,7 +345,7 @@ def judge(inputs, kind, judge_cmd, ref_key, batch_size, summary_file, group_by):
 
 
 def main():
-    cli(prog_name=TOOL)
+    console_main(cli, TOOL)
 
 
 if __name__ == "__main__":

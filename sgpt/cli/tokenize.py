@@ -11,6 +11,7 @@ from sgpt.cli.common import (
     Reporter,
     TableChoice,
     check_output,
+    console_main,
     device_options,
     parse_shard,
     progress_bar,
@@ -456,7 +457,7 @@ def unpack(packed, tokenizer, output):
 
 
 def main():
-    cli(prog_name=TOOL)
+    console_main(cli, TOOL)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sgpt.cli.common import (
     Reporter,
     TableChoice,
     check_output,
+    console_main,
     device_options,
     parse_shard,
     progress_bar,
@@ -70,9 +72,16 @@ def _stdin_items(reporter: Reporter) -> list[Item]:
     if b"\0" in data:  # binary, and not audio libsndfile knows: not lines of anything
         reporter.error("stdin", "neither an audio file nor lines of paths or records")
         return []
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     items = []
-    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        line = line.strip()
+    for lineno, raw in enumerate(data.splitlines(), 1):
+        try:  # a line that is not UTF-8 is an error of its own, never a mangled path or text
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            reporter.error(f"stdin:{lineno}", f"not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                                              f"column {e.start + 1})")
+            continue
         if not line:
             continue
         if not line.startswith("{"):
@@ -376,7 +385,7 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
 
 
 def main():
-    cli(prog_name=TOOL)
+    console_main(cli, TOOL)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from sgpt.core.errors import SgptError, first_line
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write through ``write(binary_file)`` to a temporary name, then rename onto ``path``."""
     parent = Path(path).absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)  # as -o DIR/FILE means, like the tools' -o DIR
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=parent)
+    try:  # a place that cannot be written (read-only, /proc...): one line naming it
+        parent.mkdir(parents=True, exist_ok=True)  # as -o DIR/FILE means, like -o DIR
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise SgptError(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -36,8 +41,6 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
     """A YAML file of settings (a mapping; an empty file is {}); SgptError naming it if not."""
     import yaml
 
-    from sgpt.core.errors import SgptError
-
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
@@ -47,6 +50,10 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
         raise SgptError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise SgptError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise SgptError(f"{path}: not YAML (nested too deep)") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise SgptError(f"{path}: not YAML ({first_line(e)})") from None
     if not isinstance(values, dict):
         raise SgptError(f"{path}: a YAML mapping of settings is expected")
     return values

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from sgpt.core.errors import RecordError, first_line
+from sgpt.core.errors import RecordError, SgptError, first_line
 
 FORMATS = ("jsonl", "speechgpt", "fairseq")
 
@@ -170,7 +170,9 @@ class RecordWriter:
     and the ids written so far to ``PATH.partial.ids``; ``close()`` renames the partial file
     to PATH. A new writer over the same PATH (a re-run after a killed job) keeps what the
     partial file holds and reports those ids in ``done``, as it does for the ids of a
-    finished JSONL output, so the caller skips them.
+    finished JSONL output, so the caller skips them. ``done`` holds only what an earlier run
+    wrote: a record this writer writes does not join it (a later record with the same id is
+    the caller's to refuse, not to skip as resumed).
     """
 
     def __init__(self, path: str = "-", fmt: str = "jsonl"):
@@ -183,13 +185,16 @@ class RecordWriter:
             self._out, self._ids = sys.stdout, None
             return
         partial, journal = path + ".partial", path + ".partial.ids"
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if os.path.exists(partial) and os.path.exists(journal):
-            self.done = set(_resume(partial, journal))
-        else:
-            self._start_from_finished(path, partial, journal)
-        self._out = open(partial, "a", encoding="utf-8")
-        self._ids = open(journal, "a", encoding="utf-8")
+        try:  # a place that cannot be written (read-only, /proc...): one line naming it
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            if os.path.exists(partial) and os.path.exists(journal):
+                self.done = set(_resume(partial, journal))
+            else:
+                self._start_from_finished(path, partial, journal)
+            self._out = open(partial, "a", encoding="utf-8")
+            self._ids = open(journal, "a", encoding="utf-8")
+        except OSError as e:
+            raise SgptError(f"{path}: cannot write there ({e.strerror or e})") from None
 
     def _start_from_finished(self, path: str, partial: str, journal: str) -> None:
         ids: list[str] = []
@@ -215,7 +220,6 @@ class RecordWriter:
         if self._ids is not None:
             self._ids.write(json.dumps(record["id"]) + "\n")
             self._ids.flush()
-        self.done.add(record["id"])
 
     def close(self) -> None:
         """Finish: for a file, rename the partial output into place."""

@@ -315,13 +315,14 @@ def make_judge(kind: str = "whisper", command: str | None = None, **kwargs):
 
 
 def judge_records(records: list[dict], judge, ref_key: str = "text",
-                  group_by: str | None = None) -> dict:
+                  group_by: str | None = None, hyps: list[str] | None = None) -> dict:
     """Add ``judge_text`` to each record (in place); return the WER summary over them.
 
     With ``group_by``, the summary also holds ``groups``: one WER summary per value of that
-    record key (e.g. per voice).
+    record key (e.g. per voice). ``hyps``: the transcripts, when the caller has them already.
     """
-    hyps = judge.transcribe([r["audio"] for r in records])
+    if hyps is None:
+        hyps = judge.transcribe([r["audio"] for r in records])
     for r, h in zip(records, hyps):
         r["judge_text"] = h
     summary = word_error_rate([r[ref_key] for r in records], hyps)

@@ -318,9 +318,46 @@ def resolve_base(meta: dict, path: str) -> str:
                           "goes on the model it was trained on)")
 
 
+# adapter_config.json keys that peft uses without checking their kind: (kinds, what they are)
+_ADAPTER_KEYS = {
+    "peft_type": ((str,), "a string"),
+    "r": ((int,), "a positive integer"),
+    "lora_alpha": ((int, float), "a number"),
+    "lora_dropout": ((int, float), "a number"),
+    "target_modules": ((str, list, type(None)), "a module name or a list of them"),
+    "modules_to_save": ((list, type(None)), "a list of module names"),
+    "bias": ((str,), "a string"),
+    "fan_in_fan_out": ((bool,), "true or false"),
+    "inference_mode": ((bool,), "true or false"),
+    "use_rslora": ((bool,), "true or false"),
+    "use_dora": ((bool,), "true or false"),
+}
+
+
+def _check_adapter_config(adapter: str) -> None:
+    """CheckpointError naming adapter_config.json and the key, where peft would fail on it
+    with a message that names neither (or take a wrong value without a word)."""
+    where = f"{adapter}/{ADAPTER_CONFIG}"
+    try:
+        with open(Path(adapter) / ADAPTER_CONFIG, encoding="utf-8") as f:
+            config = json.load(f)
+    except RecursionError:
+        raise CheckpointError(f"{where}: not JSON (nested too deep)") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{where}: not JSON ({first_line(e)})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: a PEFT adapter config must be a JSON object")
+    for key, (kinds, what) in _ADAPTER_KEYS.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, kinds) or (
+                isinstance(value, bool) and bool not in kinds) or (key == "r" and value < 1)):
+            raise CheckpointError(f"{where}: '{key}' must be {what}, not {value!r}")
+
+
 def _apply_adapter(model, adapter: str, merge: bool):
     if not (Path(adapter) / ADAPTER_CONFIG).is_file():
         raise CheckpointError(f"{adapter}: no {ADAPTER_CONFIG}: not a PEFT adapter directory")
+    _check_adapter_config(adapter)
     try:
         from peft import PeftModel
     except ImportError:

@@ -184,9 +184,15 @@ def config_keys() -> set[str]:
     return {f.name for f in fields(TrainConfig)}
 
 
+# The kind of each setting is its default's; these have None or an empty list by default.
+SETTING_KINDS = {"tokenizer": "", "method": "", "max_steps": 0, "max_length": 0,
+                 "progress": False, "data": [""], "eval_data": [""], "lora_target": [""],
+                 "adam_betas": [0.0]}
+
+
 def make_config(file_values: dict, overrides: dict) -> TrainConfig:
     """A config from a YAML file's mapping and the flags given (flags win)."""
-    defaults = {f.name: getattr(TrainConfig, f.name, None) for f in fields(TrainConfig)}
+    defaults = {**asdict(TrainConfig()), **SETTING_KINDS}
     values: dict = {}
     for source in (file_values, overrides):
         for key, value in source.items():
@@ -220,6 +226,8 @@ def _typed(key: str, value, default):
     if kind in kinds and (not isinstance(value, kinds[kind])
                           or (kind is not bool and isinstance(value, bool))):
         raise SettingsError(f"setting {key!r}: {value!r} is not {names[kind]}")
+    if kind is list and default:  # a list of what the default's first item is
+        value = [_typed(key, item, default[0]) for item in value]
     return value
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sgpt.core.errors import CheckpointError
+from sgpt.core.errors import CheckpointError, first_line
 
 LRELU_SLOPE = 0.1
 
@@ -100,6 +100,18 @@ class DurationPredictorConfig:
     var_pred_kernel_size: int = 3
     var_pred_dropout: float = 0.5
 
+    def check(self, bad: Callable[[str], None]) -> None:
+        """``bad(reason)`` for a setting of the wrong kind, named by its key."""
+        for name in ("encoder_embed_dim", "var_pred_hidden_dim", "var_pred_kernel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(f"'dur_predictor_params.{name}' must be a positive integer")
+        p = self.var_pred_dropout
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p < 1:
+            bad("'dur_predictor_params.var_pred_dropout' must be a number from 0 to 1")
+        if self.var_pred_kernel_size % 2 == 0:
+            bad("dur_predictor_params.var_pred_kernel_size must be odd")
+
 
 @dataclass
 class HiFiGANConfig:
@@ -132,7 +144,7 @@ class HiFiGANConfig:
         """Parse (and check) a published-style config dict; CheckpointError names ``where``."""
         if not isinstance(d, dict):
             raise CheckpointError(f"{where}: a vocoder config must be a JSON object")
-        missing = [k for k in cls.REQUIRED if k not in d]
+        missing = [k for k in cls.REQUIRED if d.get(k) is None]  # null is no value either
         if missing:
             raise CheckpointError(f"{where}: missing field(s) {', '.join(missing)}")
         if d.get("f0"):
@@ -225,11 +237,10 @@ class HiFiGANConfig:
                 + (" + a speaker embedding" if self.multispkr else "") + f" = {want})")
         dp = self.dur_predictor_params
         if dp is not None:
+            dp.check(bad)
             if dp.encoder_embed_dim != self.embedding_dim:
                 bad(f"dur_predictor_params.encoder_embed_dim {dp.encoder_embed_dim} != "
                     f"embedding_dim {self.embedding_dim}")
-            if dp.var_pred_kernel_size % 2 == 0:
-                bad("dur_predictor_params.var_pred_kernel_size must be odd")
 
     @property
     def hop(self) -> int:
@@ -568,6 +579,11 @@ _G_FILE = re.compile(r"^g_(\d+)$")
 
 
 def read_config(path: str) -> HiFiGANConfig:
+    return HiFiGANConfig.from_dict(read_config_dict(path), path)
+
+
+def read_config_dict(path: str) -> dict:
+    """A vocoder's config.json as it is; CheckpointError naming the file if unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -577,7 +593,11 @@ def read_config(path: str) -> HiFiGANConfig:
         raise CheckpointError(f"{path}: cannot read ({e})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
-    return HiFiGANConfig.from_dict(d, path)
+    except RecursionError:
+        raise CheckpointError(f"{path}: not JSON (nested too deep)") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise CheckpointError(f"{path}: not JSON ({first_line(e)})") from None
+    return d
 
 
 def latest_checkpoint(directory: str, prefix: str = "g_") -> str | None:

@@ -309,6 +309,10 @@ def make_example(record: dict, cfg: HiFiGANConfig) -> Example:
         if not isinstance(speaker, int) or not 0 <= speaker < cfg.num_speakers:
             raise RecordError(rid, f"a multi-speaker vocoder needs 'speaker' (0 to "
                                    f"{cfg.num_speakers - 1}) in each record")
+    if not os.path.isfile(record["audio"]):
+        raise RecordError(rid, f"{record['audio']}: no such audio file" + (
+            "" if os.path.isabs(record["audio"]) else
+            f" (relative paths are read from {os.getcwd()})"))
     try:
         info = sf.info(record["audio"])
     except Exception as e:  # missing file, not audio
