@@ -18,19 +18,30 @@ process's CPU time with one torch thread (``--threads``): on a shared machine wa
 time measures the neighbours as much as the code, and more threads add spin-waiting to the
 CPU time; wall-clock medians are printed beside it.
 
+With ``--architectures``, instead: the two architectures sgpt-vocode trains, each at the
+embedded default's size and at its published size (Vocos: 512 channels, 8 blocks), random
+weights: training updates per second (the same batch of segments of real espeak-ng speech;
+the HiFi-GAN with its discriminators and in its mel-only warm-up) and synthesis real-time
+factor, side by side, as ratios to the default's HiFi-GAN.
+
     .venv/bin/python bench/vocode.py [--seconds 6] [--repeats 3] [--long-seconds 6] [--threads 1]
+    .venv/bin/python bench/vocode.py --architectures [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,6 +98,94 @@ def interleaved_medians(runs: dict, repeats: int) -> tuple[dict, dict]:
             {name: statistics.median(t) for name, t in wall.items()})
 
 
+def _trainer(arch: str, config: dict, tmp: Path, records: list[dict]):
+    """A trainer of ``arch`` on ``records`` and a function doing one update."""
+    import importlib
+
+    from sgpt.vocode.hifigan_train import SegmentSampler
+
+    module = importlib.import_module({"hifigan": "sgpt.vocode.hifigan_train",
+                                      "vocos": "sgpt.vocode.vocos_train"}[arch])
+    path = tmp / f"{arch}-{len(os.listdir(tmp))}.json"
+    path.write_text(json.dumps(config))
+    opts = module.TrainOptions(output=str(tmp / path.stem))
+    cfg = module.training_config(opts, str(path))
+    trainer = module.Trainer(cfg, opts, torch.device("cpu"), None, info=lambda m: None)
+    examples = [module.make_example(r, cfg) for r in records]
+    h = cfg.extra
+    sampler = SegmentSampler(examples, h["batch_size"], h["segment_size"] // cfg.hop, cfg.hop,
+                             cfg.sampling_rate, 0)
+    return trainer, lambda: trainer.step(sampler, examples)
+
+
+def architectures(args) -> None:
+    """Training updates/s and synthesis RTF of both architectures at two sizes each."""
+    from sgpt.vocode.vocos import VocosConfig
+
+    k, batch, segment = 100, 8, 16000
+    vocos = VocosConfig(num_embeddings=k).to_dict()
+    vocos["dur_predictor_params"] = {"encoder_embed_dim": vocos["embedding_dim"]}
+    knobs = {"batch_size": batch, "segment_size": segment}
+    hifigan = published_config(num_embeddings=k, discriminator_channel_divisor=4,
+                               **knobs)
+    sizes = {
+        "hifigan, default size (128 ch)": ("hifigan", {**hifigan,
+                                                        "upsample_initial_channel": 128}),
+        "hifigan, published size (512 ch)": ("hifigan", {
+            **hifigan, "discriminator_channel_divisor": 1}),
+        "vocos, default size (256 ch, 8 blocks)": ("vocos", {**vocos, **knobs}),
+        "vocos, published size (512 ch, 8 blocks)": ("vocos", {
+            **vocos, **knobs, "dim": 512, "intermediate_dim": 1536}),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        records = []
+        for i, text in enumerate(["the quick brown fox jumps over the lazy dog",
+                                  "speech units let a language model listen and speak",
+                                  "a rainbow is made of sunlight and rain"]):
+            wav = tmp / f"s{i}.wav"
+            subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+            info = sf.info(str(wav))
+            frames = int(info.frames / info.samplerate * FRAME_RATE)
+            records.append({"id": f"s{i}", "audio": str(wav),
+                            "units": (np.arange(frames) % k).tolist(),
+                            "units_meta": {"dedup": False}})
+        updates, synthesis, params = {}, {}, {}
+        for name, (arch, config) in sizes.items():
+            trainer, step = _trainer(arch, config, tmp, records)
+            params[name] = sum(p.numel() for p in trainer.generator.parameters()) / 1e6
+            if arch == "hifigan":
+                warm_config = {**config, "discriminator_start_step": 10 ** 9}
+                updates[name.replace(",", ", mel-only,", 1)] = _trainer(
+                    arch, warm_config, tmp, records)[1]
+            updates[name] = step
+            model = trainer.generator.eval()
+            requests = [Request(f"u{i}", [x % k for x in u], [2] * len(u), False)
+                        for i, u in enumerate(utterances(args.seconds))]
+            synthesis[name] = (lambda v, r: lambda: v(r))(Vocoder(model, batch_size=8), requests)
+            model.train()
+        for fn in updates.values():
+            fn()  # warm-up
+        step_cpu, _ = interleaved_medians(updates, args.repeats)
+        audio_s = sum(sum(r.durations) for r in requests) * 320 / 16000
+        with torch.no_grad():
+            for fn in synthesis.values():
+                fn()
+            synth_cpu, _ = interleaved_medians(synthesis, args.repeats)
+    base = "hifigan, default size (128 ch)"
+    print(f"training: batches of {batch} segments of {segment / 16000:.1f} s; synthesis: "
+          f"{audio_s:.1f} s of audio in batches of 8; float32, CPU, {torch.get_num_threads()} "
+          f"torch thread(s); CPU-time medians of {args.repeats} interleaved repeats; load "
+          f"average {os.getloadavg()[0]:.2f}")
+    print(f"{'architecture':58} {'M params':>8} {'updates/s':>10} {'vs base':>8}")
+    for name, t in step_cpu.items():
+        key = name.replace(", mel-only,", ",")
+        print(f"{name:58} {params[key]:8.2f} {1 / t:10.2f} {step_cpu[base] / t:7.1f}x")
+    print(f"{'synthesis':58} {'':8} {'RTF':>10} {'vs base':>8}")
+    for name, t in synth_cpu.items():
+        print(f"{name:58} {params[name]:8.2f} {t / audio_s:10.4f} {synth_cpu[base] / t:7.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0,
@@ -97,9 +196,14 @@ def main() -> None:
                         help="length of the utterance the chunk seams are measured on")
     parser.add_argument("--chunks", default="50,150", help="chunk sizes in frames")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--architectures", action="store_true",
+                        help="compare the HiFi-GAN and the Vocos instead (training, synthesis)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    if args.architectures:
+        architectures(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = fabricate_vocoder(Path(tmp), published_config(), seed=1)

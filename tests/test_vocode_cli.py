@@ -271,4 +271,4 @@ def test_a_new_vocoder_architecture_is_one_module_and_one_table_entry(tmp_path):
     # without the entry: the arch is unknown, one line naming the config
     r = run_tool("sgpt-vocode", "--vocoder", toy, "-o", tmp_path / "wav2", input=records)
     assert r.returncode == 1
-    assert f"{toy}/config.json: unknown vocoder arch 'toy' (use hifigan)" in r.stderr
+    assert f"{toy}/config.json: unknown vocoder arch 'toy' (use hifigan, vocos)" in r.stderr

@@ -1,14 +1,29 @@
 #!/usr/bin/env python3
 """Print N plain English sentences, one per line, the same ones for the same --seed.
 
-The corpus of the vocoder recipe: short, everyday sentences built from a small grammar, so
-that espeak-ng can speak them and an ASR judge has a fair chance to write them back.
+Two sources: ``grammar`` (default), short everyday sentences built from a small grammar;
+``fortunes``, sentences cut from the quotations of Debian's ``fortunes`` package (varied
+words, names and rhythms a vocoder that only heard a grammar never met), kept when they are
+6 to 24 words of plain letters and punctuation. Either way espeak-ng can speak them and an
+ASR judge has a fair chance to write them back.
 
     python3 sentences.py -n 300 --seed 0 > sentences.txt
+    python3 sentences.py --source fortunes -n 3000 --seed 0 > varied.txt
 """
 
 import argparse
+import os
 import random
+import re
+import sys
+
+FORTUNES = "/usr/share/games/fortunes"
+# the quotation files of everyday language (not the jokes about groups of people, not code,
+# not ASCII art)
+FORTUNE_FILES = ("education", "food", "fortunes", "humorists", "literature", "love",
+                 "medicine", "miscellaneous", "people", "pets", "platitudes", "science",
+                 "sports", "wisdom", "work")
+_PLAIN = re.compile(r"^[A-Z][A-Za-z ,;:'-]*[a-z][.?!]$")
 
 SUBJECTS = [
     "the old man", "my sister", "a small child", "the teacher", "our neighbour", "the doctor",
@@ -53,12 +68,39 @@ def sentences(n: int, seed: int) -> list[str]:
     return out
 
 
+def fortune_sentences(n: int, seed: int, directory: str = FORTUNES) -> list[str]:
+    """N distinct plain sentences from the fortunes files, drawn in a seeded order."""
+    found: set[str] = set()
+    for name in FORTUNE_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            quotes = f.read().split("\n%\n")
+        for quote in quotes:
+            text = " ".join(line.strip() for line in quote.splitlines()
+                            if not line.strip().startswith("--"))
+            for sentence in re.split(r"(?<=[.?!])\s+", text.replace("  ", " ")):
+                sentence = sentence.strip()
+                if _PLAIN.match(sentence) and 6 <= len(sentence.split()) <= 24:
+                    found.add(sentence)
+    if not found:
+        sys.exit(f"no sentences in {directory}: install Debian's fortunes package")
+    pool = sorted(found)
+    random.Random(seed).shuffle(pool)
+    if n > len(pool):
+        sys.exit(f"{directory} has {len(pool)} plain sentences, fewer than {n}")
+    return pool[:n]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--source", choices=("grammar", "fortunes"), default="grammar")
     args = ap.parse_args()
-    for line in sentences(args.n, args.seed):
+    make = fortune_sentences if args.source == "fortunes" else sentences
+    for line in make(args.n, args.seed):
         print(line)
 
 

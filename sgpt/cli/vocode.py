@@ -17,6 +17,7 @@ from sgpt.cli.common import (
     Reporter,
     StrictStop,
     check_output_dir,
+    console_main,
     device_options,
     progress_bar,
     run_options,
@@ -170,12 +171,12 @@ class Output:
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name=TOOL)
 def cli():
-    """Discrete speech units back to 16 kHz speech with a unit HiFi-GAN.
+    """Discrete speech units back to 16 kHz speech with a unit vocoder (HiFi-GAN or Vocos).
 
     \b
     Subcommands (vocode is the default):
       sgpt-vocode [vocode] RECORDS...     a WAV per record (or one WAV stream)
-      sgpt-vocode train RECORDS... -o DIR train a unit HiFi-GAN on (audio, units)
+      sgpt-vocode train RECORDS... -o DIR train a unit vocoder on (audio, units)
 
     \b
     Example:
@@ -317,8 +318,9 @@ def _request(record, voc, out: Output, reporter: Reporter):
 
 @cli.command()
 @click.option("-o", "--output", required=True, metavar="DIR", type=click.Path(file_okay=False),
-              help="Checkpoint directory: config.json, g_XXXXXXXX/do_XXXXXXXX and "
-                   "train_log.jsonl. A run resumes from the newest g_/do_ pair there.")
+              help="Checkpoint directory: config.json, train_log.jsonl and g_XXXXXXXX + "
+                   "do_XXXXXXXX (HiFi-GAN) or g_XXXXXXXX.safetensors + state/ (Vocos). A "
+                   "run resumes from the newest checkpoint there.")
 @click.option("--config", "config_file", metavar="config.json", type=click.Path(),
               help="Vocoder config in the published (speech-resynthesis) format: architecture "
                    "and training knobs. Default: DIR/config.json when resuming, else that of "
@@ -336,10 +338,10 @@ def _request(record, voc, out: Output, reporter: Reporter):
               help="Seed of the init, the segment draws and dropout (default: seed of the "
                    "config, 1234).")
 @click.option("--checkpoint-interval", type=click.IntRange(min=1), default=5000,
-              show_default=True, help="Write g_/do_ every N updates (and at the end).")
+              show_default=True, help="Write a checkpoint every N updates (and at the end).")
 @click.option("--keep", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Keep only the N newest g_ files (default: all). Only the newest do_ is "
-                   "kept in any case: it is needed only to resume.")
+              help="Keep only the N newest generators, g_ files (default: all). Only the "
+                   "newest optimizer state is kept in any case: it is needed only to resume.")
 @click.option("--log-interval", type=click.IntRange(min=1), default=100, show_default=True,
               help="Append losses to train_log.jsonl (and stderr) every N updates.")
 @click.option("--init", metavar="DIR|G_FILE", default=None,
@@ -354,7 +356,10 @@ def _request(record, voc, out: Output, reporter: Reporter):
 def train(output, config_file, steps, batch_size, segment_size, learning_rate, seed,
           checkpoint_interval, keep, log_interval, init, device, dtype, progress, strict,
           inputs):
-    """Train a unit HiFi-GAN on (audio, units) records.
+    """Train a unit vocoder on (audio, units) records: a unit HiFi-GAN (the published
+    layout, g_/do_ files), or a unit Vocos when the config says "arch": "vocos" (a
+    ConvNeXt at the unit frame rate and an inverse-STFT head: about 1/10 of the HiFi-GAN's
+    compute, trainable on a CPU; safetensors files).
 
     Each record needs 'audio' and 'units' with 'durations' (as sgpt-units writes them), or
     units not deduplicated ('units_meta': {'dedup': false}, as --no-dedup writes them),
@@ -364,23 +369,33 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     Example:
       sgpt-units --checkpoint mhubert.pt --kmeans km1000.bin corpus/*.wav > train.jsonl
       sgpt-vocode train --config config.json -o vocoder/ --steps 400000 train.jsonl
+      python3 examples/vocoder/make_config.py -k 100 --arch vocos > vocos.json
+      sgpt-vocode train --config vocos.json -o vocos/ --steps 20000 train.jsonl
       sgpt-vocode --vocoder vocoder/ -o resynth/ train.jsonl
 
     SIGINT (Ctrl-C) or SIGTERM (timeout, Slurm) finishes the current update, writes a
-    g_/do_ checkpoint and exits (130 or 143); a second signal aborts without saving.
+    checkpoint and exits (130 or 143); a second signal aborts without saving.
     """
+    import importlib
+
     from sgpt.core.device import resolve_device, slow_bfloat16_note
     from sgpt.core.records import read_records
     from sgpt.core.training import Interrupted, interrupted_note, training_dtype
-    from sgpt.vocode.hifigan_train import Trainer, TrainOptions, make_example, training_config
+    from sgpt.vocode.architectures import TRAINERS, vocoder_arch
 
     reporter = Reporter(TOOL, strict)
     sources = _inputs(inputs)
-    opts = TrainOptions(output=output, steps=steps, checkpoint_interval=checkpoint_interval,
-                        log_interval=log_interval, batch_size=batch_size,
-                        segment_size=segment_size, learning_rate=learning_rate, seed=seed,
-                        keep=keep, init=init)
-    cfg = training_config(opts, config_file)
+    arch = vocoder_arch(output, config_file)
+    if arch not in TRAINERS:
+        raise SgptError(f"sgpt-vocode train cannot train a {arch!r} vocoder (it trains "
+                        f"{', '.join(TRAINERS)})")
+    trainer_module = importlib.import_module(TRAINERS[arch])
+    make_example = trainer_module.make_example
+    opts = trainer_module.TrainOptions(
+        output=output, steps=steps, checkpoint_interval=checkpoint_interval,
+        log_interval=log_interval, batch_size=batch_size, segment_size=segment_size,
+        learning_rate=learning_rate, seed=seed, keep=keep, init=init)
+    cfg = trainer_module.training_config(opts, config_file)
     dev = resolve_device(device)
     examples = []
     for record in read_records(sources):
@@ -397,9 +412,9 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     note = slow_bfloat16_note(amp, dev)
     if note:
         reporter.info(note)
-    reporter.info(f"training on {len(examples)} utterances, {dev}"
+    reporter.info(f"training a {arch} vocoder on {len(examples)} utterances, {dev}"
                   + (f", {str(amp).replace('torch.', '')} autocast" if amp else ""))
-    trainer = Trainer(cfg, opts, dev, amp, info=reporter.info)
+    trainer = trainer_module.Trainer(cfg, opts, dev, amp, info=reporter.info)
     with progress_bar(progress, steps, "training") as advance:
         try:
             trainer.train(examples, advance)
@@ -412,7 +427,7 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
 
 
 def main():
-    cli(prog_name=TOOL)
+    console_main(cli, TOOL)
 
 
 if __name__ == "__main__":

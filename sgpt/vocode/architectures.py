@@ -37,6 +37,14 @@ from sgpt.core.errors import CheckpointError
 
 VOCODERS: dict[str, str] = {
     "hifigan": "sgpt.vocode.hifigan:load",
+    "vocos": "sgpt.vocode.vocos:load",
+}
+# The module that trains an architecture (``sgpt-vocode train``): it has TrainOptions,
+# training_config(opts, config_file), make_example(record, cfg) and
+# Trainer(cfg, opts, device, amp, info).train(examples, advance).
+TRAINERS: dict[str, str] = {
+    "hifigan": "sgpt.vocode.hifigan_train",
+    "vocos": "sgpt.vocode.vocos_train",
 }
 DEFAULT_ARCH = "hifigan"  # what a config.json without "arch" is: the published layout
 
@@ -56,7 +64,7 @@ def vocoder_arch(path: str, config: str | None = None) -> str:
     try:
         with open(config_path(path, config), encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return DEFAULT_ARCH
     arch = data.get("arch", DEFAULT_ARCH) if isinstance(data, dict) else DEFAULT_ARCH
     if arch not in VOCODERS:

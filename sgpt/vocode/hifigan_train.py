@@ -478,7 +478,60 @@ def training_config(opts: TrainOptions, config_file: str | None) -> HiFiGANConfi
     return cfg
 
 
-class Trainer:
+class SegmentTrainer:
+    """What every vocoder trainer shares: the run (resume or --init, the log, checkpoints
+    every N updates, SIGINT/SIGTERM). A subclass has ``generator``, ``cfg`` (with ``hop``,
+    ``sampling_rate``, ``extra``), ``opts``, ``seed``, ``steps``, ``info`` and implements
+    ``resume``, ``start_from``, ``save``, ``step(sampler, examples) -> log entry`` and
+    ``describe(entry) -> str`` (the losses of a log line); ``models`` are put in train mode."""
+
+    def models(self) -> list[nn.Module]:
+        return [self.generator]
+
+    def train(self, examples: list[Example], advance: Callable[[int], None] = lambda n=1: None
+              ) -> dict | None:
+        """Train until ``opts.steps`` updates; returns the last log entry."""
+        h, opts = self.cfg.extra, self.opts
+        os.makedirs(opts.output, exist_ok=True)
+        write_json(os.path.join(opts.output, "config.json"), self.cfg.to_dict(), indent=4)
+        log_path = os.path.join(opts.output, LOG_NAME)
+        if self.resume():
+            self.info(f"resuming from step {self.steps} in {opts.output}")
+        elif opts.init is not None:
+            self.info(f"starting from the generator of {self.start_from(opts.init)}")
+        trim_log(log_path, self.steps)
+        advance(min(self.steps, opts.steps))
+        if self.steps >= opts.steps:
+            self.info(f"{opts.output} already holds step {self.steps} (--steps {opts.steps})")
+            return None
+        sampler = SegmentSampler(examples, int(h["batch_size"]),
+                                 int(h["segment_size"]) // self.cfg.hop, self.cfg.hop,
+                                 self.cfg.sampling_rate, self.seed)
+        for model in self.models():
+            model.train()
+        entry = None
+        with open(log_path, "a", encoding="utf-8") as log, \
+                stop_requests(self.info) as stop:
+            while self.steps < opts.steps:
+                start = time.perf_counter()
+                entry = self.step(sampler, examples)
+                entry["seconds"] = round(time.perf_counter() - start, 4)
+                advance(1)
+                stopping = bool(stop)  # read once: a later signal waits for the next update
+                last = self.steps == opts.steps or stopping
+                if self.steps % opts.log_interval == 0 or last or self.steps == 1:
+                    log.write(json.dumps(entry) + "\n")
+                    log.flush()
+                    self.info(f"step {self.steps}: {self.describe(entry)} "
+                              f"({entry['seconds']:.2f} s/step)")
+                if self.steps % opts.checkpoint_interval == 0 or last:
+                    self.save()
+                if stopping and self.steps < opts.steps:
+                    raise Interrupted(stop[0], self.steps)
+        return entry
+
+
+class Trainer(SegmentTrainer):
     def __init__(self, cfg: HiFiGANConfig, opts: TrainOptions, device: torch.device,
                  amp: torch.dtype | None = None, info: Callable[[str], None] = print):
         self.cfg, self.opts, self.device, self.amp, self.info = cfg, opts, device, amp, info
@@ -563,7 +616,7 @@ class Trainer:
         y_hat, _ = g.decode(x, lengths)
         return y_hat[:, None], dur
 
-    def step(self, sampler: SegmentSampler) -> dict:
+    def step(self, sampler: SegmentSampler, examples: list[Example] | None = None) -> dict:
         h = self.cfg.extra
         index = self.steps  # 0-based index of this update
         self.epoch = sampler.epoch_of(index)
@@ -613,47 +666,11 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
 
-    def train(self, examples: list[Example], advance: Callable[[int], None] = lambda n=1: None
-              ) -> dict | None:
-        """Train until ``opts.steps`` updates; returns the last log entry."""
-        h, opts = self.cfg.extra, self.opts
-        os.makedirs(opts.output, exist_ok=True)
-        write_json(os.path.join(opts.output, "config.json"), self.cfg.to_dict(), indent=4)
-        log_path = os.path.join(opts.output, LOG_NAME)
-        if self.resume():
-            self.info(f"resuming from step {self.steps} in {opts.output}")
-        elif opts.init is not None:
-            self.info(f"starting from the generator of {self.start_from(opts.init)}")
-        trim_log(log_path, self.steps)
-        advance(min(self.steps, opts.steps))
-        if self.steps >= opts.steps:
-            self.info(f"{opts.output} already holds step {self.steps} (--steps {opts.steps})")
-            return None
-        sampler = SegmentSampler(examples, int(h["batch_size"]),
-                                 int(h["segment_size"]) // self.cfg.hop, self.cfg.hop,
-                                 self.cfg.sampling_rate, self.seed)
-        for model in (self.generator, self.mpd, self.msd):
-            model.train()
-        entry = None
-        with open(log_path, "a", encoding="utf-8") as log, \
-                stop_requests(self.info) as stop:
-            while self.steps < opts.steps:
-                start = time.perf_counter()
-                entry = self.step(sampler)
-                entry["seconds"] = round(time.perf_counter() - start, 4)
-                advance(1)
-                stopping = bool(stop)  # read once: a later signal waits for the next update
-                last = self.steps == opts.steps or stopping
-                if self.steps % opts.log_interval == 0 or last or self.steps == 1:
-                    log.write(json.dumps(entry) + "\n")
-                    log.flush()
-                    disc = (f"disc {entry['loss_disc']:.3f}" if "loss_disc" in entry
-                            else "no discriminators yet")
-                    self.info(f"step {self.steps}: gen {entry['loss_gen_all']:.3f} "
-                              f"mel {entry['mel_error']:.3f} {disc} "
-                              f"dur {entry['loss_dur']:.3f} ({entry['seconds']:.2f} s/step)")
-                if self.steps % opts.checkpoint_interval == 0 or last:
-                    self.save()
-                if stopping and self.steps < opts.steps:
-                    raise Interrupted(stop[0], self.steps)
-        return entry
+    def models(self) -> list[nn.Module]:
+        return [self.generator, self.mpd, self.msd]
+
+    def describe(self, entry: dict) -> str:
+        disc = (f"disc {entry['loss_disc']:.3f}" if "loss_disc" in entry
+                else "no discriminators yet")
+        return (f"gen {entry['loss_gen_all']:.3f} mel {entry['mel_error']:.3f} {disc} "
+                f"dur {entry['loss_dur']:.3f}")
