@@ -18,7 +18,7 @@ enough for a CPU by default (``--hidden 256 --layers 4``); prompts are the refer
 inference prompts around spoken questions (20 to 200 units) and text questions.
 
     .venv/bin/python bench/generate.py [--prompts 8] [--new-tokens 48] [--batch-size 8]
-        [--hidden 256] [--layers 4] [--repeats 3] [--device cpu] [--threads 1]
+        [--hidden 256] [--layers 4] [--repeats 3] [--device cpu] [--threads N]
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import add_threads_option, apply_threads, machine_line  # noqa: E402
 from fakes.tokenizers import WORDS, llama_base  # noqa: E402
 
 from sgpt.generate.decode import Generator, Sampling, build_prompt, system_prefix_ids  # noqa: E402
@@ -134,20 +136,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads (1 is steadier on a shared machine)")
+    add_threads_option(ap, default=None)  # None: torch's own default
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        apply_threads(args.threads)
     device = torch.device(args.device)
     tok = make_tokenizer()
     prompts = [build_prompt(r, tok) for r in records(args.prompts)]
     lengths = [len(p.ids) for p in prompts]
     base = make_model(len(tok), args.hidden, args.layers)
+    print(machine_line(torch.get_num_threads()))
     print(f"{len(prompts)} prompts of {min(lengths)}-{max(lengths)} tokens (the first "
           f"{len(system_prefix_ids(tok))} shared), vocab {len(tok)}, LLaMA hidden "
           f"{args.hidden} x {args.layers} layers, {args.new_tokens} new tokens each, greedy, "
-          f"{device}, {torch.get_num_threads()} threads")
+          f"{device}")
     configs = [("naive transformers generate, per record", None, None),
                ("sgpt batch 1, no prefix cache", 1, False),
                ("sgpt batch 1, prefix cache", 1, True),

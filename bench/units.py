@@ -10,7 +10,7 @@ The model is a full-size mHuBERT-base (12 layers, 768 dims) in the published che
 layout with random weights, k-means (k=100) learnt on its own features of the corpus, so
 timings and unit agreement are those of the real architecture.
 
-    .venv/bin/python bench/units.py [--seconds 60] [--repeats 3]
+    .venv/bin/python bench/units.py [--seconds 60] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import add_threads_option, apply_threads, machine_line  # noqa: E402
 from fakes.mhubert import make_mhubert_checkpoint  # noqa: E402
 
 from sgpt.core.audio import SAMPLE_RATE, load_audio  # noqa: E402
@@ -102,7 +104,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="audio in the corpus")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-seconds", type=float, default=60.0)
+    add_threads_option(parser)
     args = parser.parse_args()
+    apply_threads(args.threads)
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,10 +152,10 @@ def main() -> None:
     peak = {t: matmul_gflops(t, args.repeats) for t in (torch.float32, torch.bfloat16)}
 
     base_name = next(iter(runs))
+    print(machine_line(args.threads))
     print(f"corpus: {len(waves)} files, {audio_s:.1f} s of espeak-ng speech; "
           f"model: mHuBERT-base layout, layer {LAYER}, {flops_per_audio_s / 1e9:.1f} GFLOP "
-          f"per audio second; torch threads: {torch.get_num_threads()}; medians of "
-          f"{args.repeats}")
+          f"per audio second; medians of {args.repeats}")
     print(f"{'run':42} {'RTF':>8} {'x faster':>9} {'% of ceiling':>13}")
     for name, value in rtf.items():
         dtype = torch.bfloat16 if "bf16" in name else torch.float32

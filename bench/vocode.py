@@ -24,8 +24,8 @@ weights: training updates per second (the same batch of segments of real espeak-
 the HiFi-GAN with its discriminators and in its mel-only warm-up) and synthesis real-time
 factor, side by side, as ratios to the default's HiFi-GAN.
 
-    .venv/bin/python bench/vocode.py [--seconds 6] [--repeats 3] [--long-seconds 6] [--threads 1]
-    .venv/bin/python bench/vocode.py --architectures [--repeats 3] [--threads 1]
+    .venv/bin/python bench/vocode.py [--seconds 6] [--repeats 3] [--long-seconds 6] [--threads N]
+    .venv/bin/python bench/vocode.py --architectures [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import add_threads_option, apply_threads, machine_line  # noqa: E402
 from fakes.hifigan import fabricate_vocoder, published_config  # noqa: E402
 
 from sgpt.vocode.architectures import load_vocoder  # noqa: E402
@@ -173,10 +175,10 @@ def architectures(args) -> None:
                 fn()
             synth_cpu, _ = interleaved_medians(synthesis, args.repeats)
     base = "hifigan, default size (128 ch)"
+    print(machine_line(args.threads))
     print(f"training: batches of {batch} segments of {segment / 16000:.1f} s; synthesis: "
-          f"{audio_s:.1f} s of audio in batches of 8; float32, CPU, {torch.get_num_threads()} "
-          f"torch thread(s); CPU-time medians of {args.repeats} interleaved repeats; load "
-          f"average {os.getloadavg()[0]:.2f}")
+          f"{audio_s:.1f} s of audio in batches of 8; float32, CPU; CPU-time medians of "
+          f"{args.repeats} interleaved repeats")
     print(f"{'architecture':58} {'M params':>8} {'updates/s':>10} {'vs base':>8}")
     for name, t in step_cpu.items():
         key = name.replace(", mel-only,", ",")
@@ -195,12 +197,12 @@ def main() -> None:
     parser.add_argument("--long-seconds", type=float, default=6.0,
                         help="length of the utterance the chunk seams are measured on")
     parser.add_argument("--chunks", default="50,150", help="chunk sizes in frames")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    add_threads_option(parser)
     parser.add_argument("--architectures", action="store_true",
                         help="compare the HiFi-GAN and the Vocos instead (training, synthesis)")
     args = parser.parse_args()
+    apply_threads(args.threads)
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
     if args.architectures:
         architectures(args)
         return
@@ -235,9 +237,10 @@ def main() -> None:
     batch_diff = max(np.abs(a - b).max() for a, b in zip(waves, batched(requests)))
     medians, walls = interleaved_medians(runs, args.repeats)
 
+    print(machine_line(args.threads))
     print(f"vocoder: published mHuBERT-km1000 unit HiFi-GAN config, random weights "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), float32, "
-          f"CPU, {torch.get_num_threads()} torch thread(s)")
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
+          "float32, CPU")
     print(f"input: {len(utts)} utterances, {audio_s:.1f} s of audio (durations predicted); "
           f"medians of {args.repeats} interleaved repeats")
     base = next(iter(medians))
