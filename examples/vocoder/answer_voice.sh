@@ -58,7 +58,7 @@ train)
       --batch-size ${BATCH:-16} --segment-size ${SEGMENT:-32000} > config.json
   timeout --signal=INT ${VOC_SECONDS:-2400} $B/sgpt-vocode train --config config.json -o voc \
       --steps ${VOC_STEPS:-1000000} --checkpoint-interval 250 --log-interval 50 --keep 3 \
-      --device cpu --dtype ${DTYPE:-float32} units/train.jsonl || [ $? -eq 130 ] ;;
+      --device cpu --dtype ${DTYPE:-auto} units/train.jsonl || [ $? -eq 130 ] ;;
 judge)
   VOCODER=${VOCODER:-voc}; NAME=${NAME:-vocos}
   mkdir -p results/$NAME
