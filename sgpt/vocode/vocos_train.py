@@ -1,7 +1,7 @@
 """Training a unit Vocos (sgpt.vocode.vocos) from (audio, units) records.
 
-The same records, segments and checks as the unit HiFi-GAN's trainer
-(sgpt.vocode.hifigan_train: make_example, SegmentSampler). The generator learns from
+The same records, segments, checks and run loop as the unit HiFi-GAN's trainer
+(sgpt.vocode.hifigan_train: make_example, SegmentSampler, SegmentTrainer). The generator learns from
 reconstruction losses alone: L1 between log-mels (HiFi-GAN's mel, 80 bins) plus a
 multi-resolution STFT loss (spectral convergence and log-magnitude L1 at three
 resolutions), weighted by ``mel_weight`` and ``stft_weight``. The discriminators of the
