@@ -104,8 +104,6 @@ def _trainer(arch: str, config: dict, tmp: Path, records: list[dict]):
     """A trainer of ``arch`` on ``records`` and a function doing one update."""
     import importlib
 
-    from sgpt.vocode.hifigan_train import SegmentSampler
-
     module = importlib.import_module({"hifigan": "sgpt.vocode.hifigan_train",
                                       "vocos": "sgpt.vocode.vocos_train"}[arch])
     path = tmp / f"{arch}-{len(os.listdir(tmp))}.json"
@@ -114,9 +112,7 @@ def _trainer(arch: str, config: dict, tmp: Path, records: list[dict]):
     cfg = module.training_config(opts, str(path))
     trainer = module.Trainer(cfg, opts, torch.device("cpu"), None, info=lambda m: None)
     examples = [module.make_example(r, cfg) for r in records]
-    h = cfg.extra
-    sampler = SegmentSampler(examples, h["batch_size"], h["segment_size"] // cfg.hop, cfg.hop,
-                             cfg.sampling_rate, 0)
+    sampler = trainer.sampler(examples)
     return trainer, lambda: trainer.step(sampler, examples)
 
 

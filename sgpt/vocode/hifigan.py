@@ -600,11 +600,12 @@ def read_config_dict(path: str) -> dict:
     return d
 
 
-def latest_checkpoint(directory: str, prefix: str = "g_") -> str | None:
-    """The highest-numbered ``PREFIX########`` file of a directory, or None."""
+def latest_checkpoint(directory: str, prefix: str = "g_", suffix: str = "") -> str | None:
+    """The highest-numbered ``PREFIX########SUFFIX`` file of a directory, or None."""
     found = []
     for path in glob.glob(os.path.join(glob.escape(directory), prefix + "*")):
-        m = re.fullmatch(re.escape(prefix) + r"(\d+)", os.path.basename(path))
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)" + re.escape(suffix),
+                         os.path.basename(path))
         if m and os.path.isfile(path):
             found.append((int(m.group(1)), path))
     return max(found)[1] if found else None

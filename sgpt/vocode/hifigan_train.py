@@ -488,10 +488,17 @@ class SegmentTrainer:
     def models(self) -> list[nn.Module]:
         return [self.generator]
 
+    def sampler(self, examples: list[Example]) -> SegmentSampler:
+        """The segments of every update: batch_size of segment_size samples."""
+        h = self.cfg.extra
+        return SegmentSampler(examples, int(h["batch_size"]),
+                              int(h["segment_size"]) // self.cfg.hop, self.cfg.hop,
+                              self.cfg.sampling_rate, self.seed)
+
     def train(self, examples: list[Example], advance: Callable[[int], None] = lambda n=1: None
               ) -> dict | None:
         """Train until ``opts.steps`` updates; returns the last log entry."""
-        h, opts = self.cfg.extra, self.opts
+        opts = self.opts
         os.makedirs(opts.output, exist_ok=True)
         write_json(os.path.join(opts.output, "config.json"), self.cfg.to_dict(), indent=4)
         log_path = os.path.join(opts.output, LOG_NAME)
@@ -504,9 +511,7 @@ class SegmentTrainer:
         if self.steps >= opts.steps:
             self.info(f"{opts.output} already holds step {self.steps} (--steps {opts.steps})")
             return None
-        sampler = SegmentSampler(examples, int(h["batch_size"]),
-                                 int(h["segment_size"]) // self.cfg.hop, self.cfg.hop,
-                                 self.cfg.sampling_rate, self.seed)
+        sampler = self.sampler(examples)
         for model in self.models():
             model.train()
         entry = None

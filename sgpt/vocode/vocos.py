@@ -126,6 +126,11 @@ class VocosConfig:
         return reach + math.ceil(self.n_fft / self.code_hop_size)
 
 
+def valid_positions(lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """[B, total] booleans: True inside each item's length."""
+    return torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class ConvNeXtBlock(nn.Module):
     """Depthwise convolution, LayerNorm, pointwise MLP (GELU), layer scale, residual."""
 
@@ -154,7 +159,7 @@ def inverse_stft(spec: torch.Tensor, lengths: torch.Tensor, n_fft: int, hop: int
     t * hop + hop / 2, and an utterance of T frames is exactly T * hop samples.
     """
     batch, _, frames = spec.shape
-    valid = (torch.arange(frames, device=spec.device)[None, :] < lengths[:, None])
+    valid = valid_positions(lengths, frames)
     frames_time = torch.fft.irfft(spec, n=n_fft, dim=1) * window[None, :, None]
     frames_time = frames_time * valid[:, None, :]
     total = (frames - 1) * hop + n_fft
@@ -230,14 +235,13 @@ class UnitVocos(nn.Module):
     def log_durations(self, units: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Predicted log(frames + 1) of each unit [B, U] (the duration predictor sees the
         unit embeddings, not their gradients: it never pulls on the vocoder)."""
-        valid = torch.arange(units.shape[1], device=units.device)[None, :] < lengths[:, None]
-        mask = valid[:, :, None].to(self.embed.weight.dtype)
+        mask = valid_positions(lengths, units.shape[1])[:, :, None].to(self.embed.weight.dtype)
         return self.dur_predictor(self.embed(units).detach() * mask, mask)
 
     def predict_durations(self, units: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.dur_predictor is None:
             raise CheckpointError("this vocoder has no duration predictor")
-        valid = torch.arange(units.shape[1], device=units.device)[None, :] < lengths[:, None]
+        valid = valid_positions(lengths, units.shape[1])
         return durations_from_log(self.log_durations(units, lengths)) * valid
 
     def frames(self, units: torch.Tensor, lengths: torch.Tensor,
@@ -255,7 +259,7 @@ class UnitVocos(nn.Module):
                 raise ValueError("a multi-speaker vocoder needs a speaker id")
             x = torch.cat([x, self.speaker_embed(speaker)[:, None].expand(-1, x.shape[1], -1)],
                           2)
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        valid = valid_positions(lengths, x.shape[1])
         return (x * valid[:, :, None].to(x.dtype)).transpose(1, 2), lengths
 
     def decode(self, x: torch.Tensor, lengths: torch.Tensor | None = None
@@ -263,8 +267,7 @@ class UnitVocos(nn.Module):
         """Frames [B, C, T] -> waveforms [B, T * hop] and their lengths [B]."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[-1], device=x.device)
-        mask = (torch.arange(x.shape[-1], device=x.device)[None, :]
-                < lengths[:, None])[:, None].to(x.dtype)
+        mask = valid_positions(lengths, x.shape[-1])[:, None].to(x.dtype)
         x = self.norm_in(self.conv_in(x * mask).transpose(1, 2)).transpose(1, 2) * mask
         for block in self.blocks:
             x = block(x) * mask
@@ -307,9 +310,9 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
 
 def newest_generator(directory: str) -> str | None:
     """The ``g_XXXXXXXX.safetensors`` of most updates in ``directory``, or None."""
-    found = sorted(name for name in os.listdir(directory) if G_FILE.match(name)) \
-        if os.path.isdir(directory) else []
-    return os.path.join(directory, found[-1]) if found else None
+    from sgpt.vocode.hifigan import latest_checkpoint
+
+    return latest_checkpoint(directory, "g_", ".safetensors")
 
 
 def load(path: str, config: str | None = None, device: torch.device | str = "cpu",

@@ -25,12 +25,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sgpt.core.errors import CheckpointError, SgptError
 from sgpt.core.files import write_atomic, write_json
+from sgpt.core.stream import dedup
 from sgpt.core.training import autocast
 from sgpt.vocode.hifigan_train import (
     Example,
@@ -47,6 +47,7 @@ from sgpt.vocode.vocos import (
     newest_generator,
     read_config,
     read_tensors,
+    valid_positions,
 )
 
 __all__ = ["TrainOptions", "Trainer", "make_example", "training_config"]
@@ -114,12 +115,6 @@ def stft_loss(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
     return loss / len(STFT_RESOLUTIONS)
 
 
-def unit_runs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Frame codes -> (deduplicated units, frames of each run)."""
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    return codes[starts], np.diff(np.r_[starts, len(codes)])
-
-
 def _tensor_dict(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     """An optimizer's state as (tensors for safetensors, JSON-able rest)."""
     state = optimizer.state_dict()
@@ -156,7 +151,7 @@ class Trainer(SegmentTrainer):
                                   h["fmax_for_loss"]).to(device)
         self.steps = 0
         self.epoch = 0
-        self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._runs: dict[int, tuple[list[int], list[int]]] = {}
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -224,12 +219,15 @@ class Trainer(SegmentTrainer):
         """MSE of predicted log(frames + 1) over every run of the batch's utterances."""
         if self.generator.dur_predictor is None:
             return torch.zeros((), device=self.device)
-        runs = [self._runs.setdefault(i, unit_runs(examples[i].codes)) for i in indices]
+        for i in indices:  # each utterance's runs, found once
+            if i not in self._runs:
+                self._runs[i] = dedup(examples[i].codes.tolist())
+        runs = [self._runs[i] for i in indices]
         lengths = torch.tensor([len(u) for u, _ in runs], device=self.device)
         units = torch.nn.utils.rnn.pad_sequence(
-            [torch.from_numpy(u) for u, _ in runs], batch_first=True).to(self.device)
-        counts = torch.cat([torch.from_numpy(c) for _, c in runs]).to(self.device)
-        valid = torch.arange(units.shape[1], device=self.device)[None, :] < lengths[:, None]
+            [torch.tensor(u) for u, _ in runs], batch_first=True).to(self.device)
+        counts = torch.tensor([c for _, run in runs for c in run], device=self.device)
+        valid = valid_positions(lengths, units.shape[1])
         log_pred = self.generator.log_durations(units, lengths)[valid]
         return F.mse_loss(log_pred.float(), torch.log(counts.float() + 1))
 
