@@ -25,6 +25,7 @@ from sgpt.core.files import read_yaml_mapping
 from sgpt.lm.models import MODEL_META, embeddings_tied, load_model_dir, vocab_rows
 from sgpt.tokenize.instruct import chain_of_modality_examples, cross_modal_examples
 from sgpt.tokenize.pack import Inputs, PackConfig, Packer
+from sgpt.train.data import collate
 from sgpt.train.recipe import Run as TrainRun
 from sgpt.train.recipe import TrainConfig, TrainError, make_config
 
@@ -156,6 +157,118 @@ def test_gradient_checkpointing_same_weights_and_quiet(data, tmp_path):
     train(output=str(tmp_path / "off"), **common)
     on, off = final_weights(tmp_path / "on"), final_weights(tmp_path / "off")
     assert all(torch.allclose(on[n], off[n], atol=1e-5) for n in off)
+
+
+def test_shared_prefix_is_what_every_row_has_before_its_own_tokens():
+    from sgpt.train.recipe import shared_prefix
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0], [5, 6, 7, 1, 0, 0], [5, 6, 7, 8, 2, 3]])
+    mask = (torch.arange(6) < torch.tensor([[5], [4], [6]])).long()
+    assert shared_prefix(ids, mask) == 3
+    assert shared_prefix(ids[[0, 2]], mask[[0, 2]]) == 4  # the shorter row keeps a token
+    assert shared_prefix(ids[[0, 0]], mask[[0, 0]]) == 4  # equal rows too
+    assert shared_prefix(ids[:1], mask[:1]) == 0
+    assert shared_prefix(torch.tensor([[4, 5], [3, 5]]), torch.ones(2, 2)) == 0
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_packed_batch_same_loss_and_gradients_as_the_padded_batch(lora):
+    """Against the loss over every position's logits of the right-padded batch, in float64:
+    rows sharing a prefix, trained tokens inside it, the first of each row's own tokens
+    predicted from the prefix's last position, a gap in one row's targets; packed into one
+    row, into rows of at most 40 tokens (3 rows, the prefix in each), and with no prefix
+    shared (padding dropped only). LLaMA's RMSNorm computes in float32 whatever the model's
+    dtype, and the packed batch sums gradients at other points of the graph: the bound is
+    float32 rounding."""
+    from test_llm import tiny_llama
+
+    from sgpt.train.recipe import loss_sum, pack, packed_loss_sum, shared_prefix
+
+    model = tiny_llama().double()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False,
+                                                 trainable_token_indices=[3, 1999]))
+    g = torch.Generator().manual_seed(0)
+    lengths, prefix = [30, 25, 34, 27], 20
+    ids = torch.randint(0, 2000, (4, 34), generator=g)
+    ids[:, :prefix] = ids[0, :prefix]
+    ids[1, prefix] = 1999
+    mask = (torch.arange(34) < torch.tensor(lengths)[:, None]).long()
+    labels = torch.where(mask.bool(), ids, -100)
+    labels[:, :prefix - 3] = -100
+    labels[2, 26:29] = -100
+    assert shared_prefix(ids, mask) == prefix
+
+    def run(loss):
+        model.zero_grad()
+        value = loss()
+        value.backward()
+        return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                if p.grad is not None}
+
+    def every_logit():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), reduction="sum")
+
+    whole = run(every_logit)
+    cpu = torch.device("cpu")
+    ways = {"trained logits": lambda: loss_sum(model, ids, mask, labels)}
+    for width, p, groups in ((1024, prefix, 1), (40, prefix, 3), (1024, 0, 1)):
+        packed = pack(ids, mask, labels, p, width)
+        assert packed.input_ids.shape[0] == groups
+        assert packed.computed == groups * packed.input_ids.shape[1] < ids.numel()
+        ways[f"{width} {p}"] = lambda packed=packed: packed_loss_sum(model, packed, cpu)
+    for way, loss in ways.items():
+        ours = run(loss)
+        torch.testing.assert_close(ours[0], whole[0], rtol=1e-7, atol=0, msg=way)
+        assert ours[1].keys() == whole[1].keys() and len(whole[1]) > 0
+        for name, grad in whole[1].items():
+            scale = float(grad.abs().max())
+            assert scale > 0, name
+            torch.testing.assert_close(ours[1][name], grad, rtol=0, atol=1e-6 * scale,
+                                       msg=f"{way}: {name}")
+
+
+def test_bfloat16_holds_the_frozen_base_in_bfloat16_and_changes_no_number(data, tmp_path):
+    """Autocast rounds a float32 weight to bfloat16 at every use; a weight held rounded
+    gives the same loss and gradients, bit for bit. Trainable weights, the embeddings and
+    the optimizer stay float32."""
+    from sgpt.train.recipe import hold_frozen_in
+
+    config = make_config({}, dict(stage="cross-modal", model=str(data["base"]),
+                                  data=[str(data["2"])], output=str(tmp_path / "o"),
+                                  method="lora", batch_size=3, lora_dropout=0.0,
+                                  dtype="bfloat16", eval_fraction=0.0))
+    run = TrainRun(config, log=lambda m: None)
+    model = run.model
+    assert run.base_cast
+    held = {n: p.dtype for n, p in model.named_parameters()}
+    assert held["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == (
+        torch.bfloat16)
+    assert held["base_model.model.model.layers.0.mlp.down_proj.weight"] == torch.bfloat16
+    assert all(held[n] == torch.float32 for n, p in model.named_parameters()
+               if p.requires_grad or "embed" in n or "norm" in n)
+    batch = collate(run.data, run.train_idx[:3], run.pad_id)
+
+    def step():
+        model.zero_grad()
+        loss = run._loss_sum(model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                               if p.requires_grad}
+
+    cast = step()
+    for module in model.modules():  # the float32 weights the base had, back
+        if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16:
+            module.weight.data = module.weight.data.float()
+    assert hold_frozen_in(model, torch.float32) == 0
+    plain = step()
+    assert torch.equal(cast[0], plain[0])
+    assert all(torch.equal(cast[1][n], plain[1][n]) for n in plain[1])
 
 
 def test_the_same_run_from_another_directory_or_with_absolute_paths(data, tmp_path,

@@ -71,9 +71,13 @@ def _comma_list(ctx, param, value):
               help="Cut longer sequences to this many tokens [as packed].")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
               help="Recompute activations in the backward pass (less memory) [off].")
+@click.option("--shared-prefix/--no-shared-prefix", default=None,
+              help="Pack micro-batches: the leading tokens all sequences share (the system "
+                   "prompt) computed once, no padding; same loss to rounding [on].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
-              help="bfloat16: autocast (weights stay float32); auto: bfloat16 on CUDA and "
-                   "CPUs (AVX512-BF16, AMX) that have it, else float32 [auto].")
+              help="bfloat16: autocast, trainable weights and optimizer in float32, frozen "
+                   "base weights held in bfloat16; auto: bfloat16 on CUDA and CPUs "
+                   "(AVX512-BF16, AMX) that have it, else float32 [auto].")
 @click.option("--device", default=None, help=DEVICE_HELP + " [auto].")
 @click.option("--seed", type=int, default=None,
               help="Data order, held-out split, dropout [0].")

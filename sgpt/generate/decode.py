@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -39,6 +38,7 @@ import torch
 from sgpt.core import stream
 from sgpt.core.errors import RecordError
 from sgpt.lm.answers import Answer, parse_answer
+from sgpt.lm.models import cache_keyword, forward_keywords, output_cache
 from sgpt.lm.prompts import (
     ASR_INSTRUCTIONS,
     EOA,
@@ -322,8 +322,8 @@ class Generator:
         for i, piece in enumerate(vocab):
             if piece is not None and (">" in piece or piece == "<0x3E>"):
                 self._closing[i] = True
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        params = forward_keywords(model)
+        self._cache_arg = cache_keyword(model)
         # logits of the last position only: a prefill need not project every position
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.stats = {"prompt_tokens": 0, "prefix_tokens_reused": 0, "new_tokens": 0,
@@ -335,8 +335,7 @@ class Generator:
         self.stats["forward_passes"] += 1
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, **{self._cache_arg: cache}, **self._last_only)
-        cache = out.get("cache", None) or out.get("past_key_values", None)
-        return out.logits[:, -1].float(), cache
+        return out.logits[:, -1].float(), output_cache(out)
 
     def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
         from transformers import DynamicCache

@@ -109,6 +109,29 @@ def embeddings_tied(model) -> bool:
     return out is not None and out.weight is model.get_input_embeddings().weight
 
 
+def forward_keywords(model) -> set[str]:
+    """The keywords a causal LM's forward names; DDP and peft wrappers are looked through
+    (they pass keywords on)."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return set(inspect.signature(inner.forward).parameters)
+
+
+def cache_keyword(model) -> str:
+    """The keyword a causal LM's forward takes its key/value cache by: ``cache`` in recent
+    transformers, ``past_key_values`` (deprecated there) before."""
+    return "cache" if "cache" in forward_keywords(model) else "past_key_values"
+
+
+def output_cache(out):
+    """The key/value cache a forward returned, under either name."""
+    cache = out.get("cache", None)
+    return cache if cache is not None else out.get("past_key_values", None)
+
+
 @torch.no_grad()
 def resize_embeddings(model, vocab_size: int) -> list[int]:
     """Grow ``model``'s token embeddings (and an untied output head) to ``vocab_size`` rows.

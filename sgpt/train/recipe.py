@@ -52,6 +52,7 @@ from sgpt.lm.models import (
     MODEL_META,
     STAGES,
     embeddings_tied,
+    forward_keywords,
     is_gguf,
     load_causal_lm,
     model_meta,
@@ -80,7 +81,11 @@ CHECKPOINT = "checkpoint"
 METHODS = ("full", "lora")
 STRATEGIES = ("ddp", "fsdp")
 # settings that may change between a run and its resumption without changing the result
-NOT_IDENTITY = ("progress", "log_every", "device", "keep_checkpoint")
+NOT_IDENTITY = ("progress", "log_every", "device", "keep_checkpoint", "shared_prefix")
+# tokens in a packed row at most: attention over a packed row costs its width squared
+PACK_WIDTH = 1024
+# attention implementations that take a custom 4-D mask (the rest get padded rows)
+PACKABLE = ("sdpa", "eager")
 
 
 class TrainError(SgptError):
@@ -121,6 +126,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int | None = None         # cut sequences longer than this (tokens)
     gradient_checkpointing: bool = False
+    shared_prefix: bool = True            # run the tokens a batch's rows share once
     dtype: str = "auto"                   # autocast dtype: auto | float32 | bfloat16
     device: str = "auto"
     seed: int = 0
@@ -410,6 +416,141 @@ def trainable_parameters(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def hold_frozen_in(model, dtype: torch.dtype) -> int:
+    """Hold the frozen weights of the model's linear layers in ``dtype``, the autocast dtype.
+
+    Autocast casts a weight at every use and caches only casts of trainable leaves, so a
+    frozen float32 base is cast again in every forward pass: holding it cast changes no
+    number (the same rounding, once) and halves its memory. Trainable weights, and the
+    embeddings (the residual stream starts from them; a tied head shares them), stay
+    float32. Returns how many parameters it cast."""
+    keep = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings())
+            if m is not None for p in m.parameters()}
+    cast = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if (isinstance(module, torch.nn.Linear) and not w.requires_grad and id(w) not in keep
+                and w.dtype != dtype):
+            w.data = w.data.to(dtype)
+            cast += w.numel()
+    return cast
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading tokens every row of a right-padded batch has in common, at most all
+    but the last token of its shortest row (each row keeps a token of its own)."""
+    if input_ids.shape[0] < 2:
+        return 0
+    limit = int(attention_mask.sum(1).min()) - 1
+    if limit <= 0:
+        return 0
+    differs = (input_ids[:, :limit] != input_ids[:1, :limit]).any(0).nonzero()
+    return int(differs[0]) if len(differs) else limit
+
+
+def trained_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   keep: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits at columns ``keep`` (ascending) of a batch, ``[rows, len(keep), vocab]``:
+    the output head is paid only where a token is predicted that carries loss, not over the
+    whole vocabulary at every position."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if positions is not None:
+        inputs["position_ids"] = positions
+    if "logits_to_keep" in forward_keywords(model):
+        return model(**inputs, logits_to_keep=keep).logits
+    return model(**inputs).logits[:, keep]
+
+
+@dataclass
+class Packed:
+    """A batch as fewer rows without padding (``pack``), and where its targets are."""
+
+    input_ids: torch.Tensor      # [groups, width]
+    positions: torch.Tensor      # [groups, width]: each token's position in its own row
+    mask: torch.Tensor           # [groups, 1, width, width]: True where a query sees a key
+    group: torch.Tensor          # [targets]: the packed row predicting each target
+    column: torch.Tensor         # [targets]: index into ``columns``
+    columns: torch.Tensor        # ascending columns whose logits are needed
+    targets: torch.Tensor        # [targets]: the token ids to predict
+    computed: int                # groups x width: the positions a forward pass computes
+
+
+def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+         prefix: int, width: int = PACK_WIDTH) -> Packed:
+    """Pack a right-padded batch whose rows share their first ``prefix`` tokens.
+
+    Each packed row holds the prefix once and then, in order, the own tokens of as many
+    batch rows as fit in ``width`` (at least one). A row's tokens keep the positions they
+    have in their own row and attend to the prefix and to their own earlier tokens only, so
+    every logit is the one the row gets alone, to rounding."""
+    lengths = attention_mask.sum(1).tolist()
+    groups: list[list[int]] = []
+    filled = cols = 0
+    for r, n in enumerate(lengths):
+        if groups and filled + n - prefix <= width:
+            groups[-1].append(r)
+            filled += n - prefix
+        else:
+            groups.append([r])
+            filled = n
+        cols = max(cols, filled)
+    ids = torch.zeros(len(groups), cols, dtype=input_ids.dtype)
+    positions = torch.zeros(len(groups), cols, dtype=torch.long)
+    segment = torch.full((len(groups), cols), -2)  # -1: the prefix, r: row r, -2: padding
+    where = torch.zeros(input_ids.shape, dtype=torch.long)  # (group, column) of every token
+    home = torch.zeros(input_ids.shape[0], dtype=torch.long)
+    for g, rows in enumerate(groups):
+        ids[g, :prefix] = input_ids[rows[0], :prefix]
+        positions[g, :prefix] = torch.arange(prefix)
+        segment[g, :prefix] = -1
+        at = prefix
+        for r in rows:
+            n = lengths[r] - prefix
+            ids[g, at:at + n] = input_ids[r, prefix:lengths[r]]
+            positions[g, at:at + n] = torch.arange(prefix, lengths[r])
+            segment[g, at:at + n] = r
+            where[r, :prefix] = torch.arange(prefix)
+            where[r, prefix:lengths[r]] = torch.arange(at, at + n)
+            home[r] = g
+            at += n
+    causal = torch.ones(cols, cols, dtype=torch.bool).tril()
+    same = segment[:, :, None] == segment[:, None, :]
+    mask = causal & (same | (segment[:, None, :] == -1)) | torch.eye(cols, dtype=torch.bool)
+    rows, t = labels[:, 1:].ne(-100).nonzero(as_tuple=True)
+    t = t + 1  # target t of row r is predicted at t - 1
+    columns, column = torch.unique(where[rows, t - 1], return_inverse=True)
+    return Packed(ids, positions, mask[:, None], home[rows], column, columns, labels[rows, t],
+                  len(groups) * cols)
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for the loss (bfloat16 autocast gives bfloat16)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropy over a batch's trained tokens (label -100: not trained;
+    label i is predicted at position i - 1)."""
+    keep = labels[:, 1:].ne(-100).any(0).nonzero().squeeze(1)
+    logits = trained_logits(model, input_ids, attention_mask, keep)
+    return F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]),
+                           labels[:, keep + 1].reshape(-1), ignore_index=-100,
+                           reduction="sum")
+
+
+def packed_loss_sum(model, packed: Packed, device: torch.device) -> torch.Tensor:
+    """``loss_sum`` of the batch ``packed`` holds (tensors moved to ``device``)."""
+    mask = packed.mask.to(device)
+    if getattr(model, "module", model).config._attn_implementation == "eager":
+        mask = torch.zeros(mask.shape, device=device).masked_fill(  # eager adds its mask
+            ~mask, torch.finfo(torch.float32).min)
+    logits = trained_logits(model, packed.input_ids.to(device), mask,
+                            packed.columns.to(device), packed.positions.to(device))
+    logits = logits[packed.group.to(device), packed.column.to(device)]
+    return F.cross_entropy(upcast(logits), packed.targets.to(device), reduction="sum")
+
+
 def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
     decay = [p for p in params.values() if p.ndim >= 2]
     rest = [p for p in params.values() if p.ndim < 2]
@@ -607,6 +748,12 @@ class Run:
                        else (self.tok.eos_id or 0))
         self.model, self.new_ids = build_model(config, self.tok, self.new_ids, self.device,
                                                self.log if self.dist.main else lambda m: None)
+        self.fsdp = self.dist.world > 1 and config.strategy == "fsdp"
+        self.share_prefix = config.shared_prefix and getattr(
+            self.model.config, "_attn_implementation", None) in PACKABLE
+        # FSDP shards a module's parameters as one flat tensor of one dtype
+        self.base_cast = (self.autocast_dtype is not None and not self.fsdp
+                          and hold_frozen_in(self.model, self.autocast_dtype) > 0)
 
     def _check_output(self) -> bool:
         """OUT is new, or holds a run of the same settings: unfinished (then it resumes) or
@@ -640,13 +787,17 @@ class Run:
 
     def _loss_sum(self, model, batch: dict) -> torch.Tensor:
         """Sum of the cross-entropy over the batch's trained tokens."""
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        packed = None
+        if self.share_prefix and len(ids) > 1:
+            packed = pack(ids, mask, labels, shared_prefix(ids, mask))
+            if packed.computed >= ids.numel():  # nothing shared, no padding to drop
+                packed = None
         with self._autocast():
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                               targets.reshape(-1), ignore_index=-100, reduction="sum")
+            if packed is None:
+                return loss_sum(model, ids.to(self.device), mask.to(self.device),
+                                labels.to(self.device))
+            return packed_loss_sum(model, packed, self.device)
 
     @torch.no_grad()
     def evaluate(self, model) -> float | None:
@@ -704,7 +855,7 @@ class Run:
             return {"finished": True}
         config, dist = self.config, self.dist
         model = self.model
-        fsdp = dist.world > 1 and config.strategy == "fsdp"
+        fsdp = self.fsdp
         if fsdp:
             shard(model)  # before the optimizer: it holds the shards
         params = trainable_parameters(model)
@@ -797,12 +948,14 @@ class Run:
             state_dict = {n: whole(t) for n, t in model.state_dict().items()}
         if not self.dist.main:
             return
-        if lora and config.merge and not sharded:
+        # a base held in bfloat16 is merged from float32: through the written adapter, below
+        direct_merge = lora and config.merge and not sharded and not self.base_cast
+        if direct_merge:
             model = model.merge_and_unload()
         model.config.use_cache = True
         if config.gradient_checkpointing:
             set_checkpointing(model, False)
-        adapter = lora and not (config.merge and not sharded)
+        adapter = lora and not direct_merge
         previous = continued_adapter(config)
         base = previous["base_model"] if previous and adapter else config.model
         meta = model_meta(config.stage, self.tok.k, adapter, base, len(self.tok),
