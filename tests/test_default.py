@@ -233,7 +233,8 @@ def broken_defaults(fabricated, tmp: Path):
         (empty, "default.json: missing: not a default directory"),
         (with_json("notjson", "{oops"), "default.json: not JSON"),
         (with_json("list", "[1, 2]"), "not a default description (format 'sgpt-default')"),
-        (with_data("version", version=2), "version 2 is not supported"),
+        (with_data("version", version=2), "default.json: sgpt-default version 2 is newer than "
+                                          "this sgpt reads (1): upgrade sgpt"),
         (with_data("encoder", encoder="wav2vec"), "encoder 'wav2vec' is not one of"),
         (with_data("k", k="100"), "'k' must be a positive integer"),
         (with_data("nomodel", model=None), "'model' must be a non-empty string"),

@@ -42,7 +42,8 @@ def test_npy_round_trip_and_sidecar(tmp_path):
     np.testing.assert_array_equal(load_centroids(path), centroids)
     assert load_centroids(str(path)).dtype == np.float32
     meta = json.loads((tmp_path / "km7.json").read_text())
-    assert meta == {"k": 7, "dim": 5, "encoder": "mfcc", "layer": None, "inertia": 1.5}
+    assert meta == {"format": "sgpt-kmeans", "version": 1, "k": 7, "dim": 5, "encoder": "mfcc",
+                    "layer": None, "inertia": 1.5}
     assert sorted(os.listdir(tmp_path)) == ["km7.json", "km7.npy"]  # no temporary files left
 
 

@@ -101,7 +101,7 @@ def main() -> None:
     with open(os.path.join(args.out, "km.json"), encoding="utf-8") as f:
         encoder = json.load(f)["encoder"].split(":")[0]  # the units' encoder, as the recipe ran it
     write_json(os.path.join(tmp, DEFAULT_FILE), {
-        "format": FORMAT, "version": 1, "encoder": encoder, "kmeans": "kmeans.npy",
+        **FORMAT.stamp(), "encoder": encoder, "kmeans": "kmeans.npy",
         "k": meta["k"], "model": "model", "vocoder": "vocoder", "recipe": "examples/tiny",
         "note": NOTE})
     for d, _, names in os.walk(tmp):  # mkdtemp's 0700 and safetensors' 0600: not for a package

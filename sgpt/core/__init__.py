@@ -1,2 +1,2 @@
-"""What every stage shares: records, audio, files, errors, devices, safe unpickling,
-the embedded default."""
+"""What every stage shares: records, audio, files and their format versions, errors,
+devices, safe unpickling, the embedded default."""

@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from sgpt.core.errors import CheckpointError
+from sgpt.core.formats import FileFormat
 from sgpt.units.encoders import DENSE_MODELS
 
 ENV = "SGPT_DEFAULT"
 DEFAULT_FILE = "default.json"
-FORMAT = "sgpt-default"
+FORMAT = FileFormat("sgpt-default", "a default description",
+                    "install it again (make -C examples/tiny install)")
 PYPI = "pypi:"
 OFF = "none"
 
@@ -102,10 +104,7 @@ def load_default() -> Default:
                               ) from None
     except ValueError as e:
         raise CheckpointError(f"{f}: not JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{f}: not a default description (format {FORMAT!r})")
-    if data.get("version") != 1:
-        raise CheckpointError(f"{f}: version {data.get('version')!r} is not supported (1)")
+    FORMAT.check(f, data)
 
     def text(key: str, default: str | None = None) -> str:
         value = data.get(key, default)
@@ -141,20 +140,28 @@ def _check_k(f: Path, found: Default) -> None:
     units: what one part makes the next must read (caught here, named, before any work)."""
     import numpy as np
 
+    from sgpt.lm.models import MODEL_FORMAT, MODEL_META
+    from sgpt.units.kmeans import read_sidecar
+    from sgpt.vocode.architectures import VOCODER_FORMAT
+
     counts: list[tuple[str, int, bool]] = []  # (what says it, how many units, exactly k?)
     if found.kmeans.suffix == ".npy":
+        read_sidecar(found.kmeans)  # each file of a version this sgpt reads, before its k
         try:
             rows = np.load(found.kmeans, mmap_mode="r").shape[0]
         except (ValueError, OSError, IndexError):
             raise CheckpointError(f"{f}: its kmeans file {found.kmeans} is not a .npy array"
                                   ) from None
         counts.append((f"{found.kmeans} has", rows, True))
-    for desc, key, exact in ((found.model / "sgpt_model.json", "k", True),
-                             (found.vocoder / "config.json", "num_embeddings", False)):
+    for desc, fmt, key, exact in (
+            (found.model / MODEL_META, MODEL_FORMAT, "k", True),
+            (found.vocoder / "config.json", VOCODER_FORMAT, "num_embeddings", False)):
         try:
-            value = json.loads(desc.read_text(encoding="utf-8")).get(key)
-        except (OSError, ValueError, AttributeError):
+            data = json.loads(desc.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue  # its own loader names what is wrong with it
+        fmt.check(desc, data)
+        value = data.get(key)
         if isinstance(value, int):
             counts.append((f"{desc} says", value, exact))
     for where, n, exact in counts:

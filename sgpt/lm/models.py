@@ -3,7 +3,8 @@
 An sgpt model directory (what sgpt-train writes, what sgpt-generate reads)::
 
     sgpt_model.json        {"format": "sgpt-model", "version": 1, "stage", "k", "adapter",
-                            "base_model", "sgpt_version", "vocab_size"}
+                            "base_model", "sgpt_version", "vocab_size"} (its version:
+                            MODEL_FORMAT, sgpt.core.formats)
     config.json, model.safetensors, generation_config.json      a full model, or
     adapter_config.json, adapter_model.safetensors              a PEFT adapter over base_model
     tokenizer files + sgpt_tokenizer.json                       the extended tokenizer
@@ -38,9 +39,11 @@ from sgpt.core.cache import cache_root, make_entry, read_manifest
 from sgpt.core.default import is_pypi, resolve_pypi, resolve_reference
 from sgpt.core.errors import CheckpointError, first_line
 from sgpt.core.files import write_json
+from sgpt.core.formats import FileFormat
 
 MODEL_META = "sgpt_model.json"
-MODEL_FORMAT = "sgpt-model"
+MODEL_FORMAT = FileFormat("sgpt-model", "an sgpt model description",
+                          "train it again with sgpt-train")
 STAGES = ("pretrain", "cross-modal", "chain-of-modality")
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -92,10 +95,7 @@ def read_meta(path: str | os.PathLike) -> dict | None:
         meta = json.loads(f.read_text())
     except ValueError:
         raise CheckpointError(f"{f}: not JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{f}: not an sgpt model description (format {MODEL_FORMAT!r})")
-    if meta.get("version") != 1:
-        raise CheckpointError(f"{f}: version {meta.get('version')!r} is not supported (1)")
+    MODEL_FORMAT.check(f, meta)
     return meta
 
 
@@ -321,7 +321,7 @@ def _infer_meta(path: str, adapter: str | None) -> dict:
         k = SpeechTokenizer.from_dir(path).k
     except TokenizerError:
         pass  # no tokenizer there, or not an extended one: k unknown
-    return {"format": MODEL_FORMAT, "version": 1, "stage": None, "k": k,
+    return {**MODEL_FORMAT.stamp(), "stage": None, "k": k,
             "adapter": adapter is not None, "base_model": path, "inferred": True}
 
 
@@ -412,7 +412,7 @@ def load_model_dir(path: str, *, adapter: str | None = None,
     if not os.path.isdir(path):
         if is_gguf(path) and adapter is None:
             return load_causal_lm(path, dtype=dtype, device=device), {
-                "format": MODEL_FORMAT, "version": 1, "stage": None, "k": None,
+                **MODEL_FORMAT.stamp(), "stage": None, "k": None,
                 "adapter": False, "base_model": path, "inferred": True}
         raise CheckpointError(f"{path}: no such model directory")
     meta = read_meta(path)
@@ -451,7 +451,7 @@ def model_meta(stage: str, k: int, adapter: bool, base_model: str, vocab_size: i
                **extra) -> dict:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
-    meta = {"format": MODEL_FORMAT, "version": 1, "stage": stage, "k": int(k),
+    meta = {**MODEL_FORMAT.stamp(), "stage": stage, "k": int(k),
             "adapter": bool(adapter), "base_model": base_model, "sgpt_version": __version__,
             "vocab_size": int(vocab_size)}
     if adapter and not is_pypi(base_model):

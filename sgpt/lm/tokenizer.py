@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from sgpt.core.errors import SgptError
+from sgpt.core.formats import FileFormat
 from sgpt.lm.prompts import DIALOG_MARKERS, MARKERS, SOSP, UNIT_MARKERS, added_tokens, unit_token
 
 META_FILE = "sgpt_tokenizer.json"
-META_FORMAT = "sgpt-tokenizer"
 # Files that define a tokenizer (hashed into its fingerprint); model weights are not.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -54,6 +54,10 @@ _LEADING_ZERO = re.compile(r"<0[0-9]")
 
 class TokenizerError(SgptError):
     """A tokenizer that cannot be loaded, or that cannot carry SpeechGPT's vocabulary."""
+
+
+META_FORMAT = FileFormat("sgpt-tokenizer", "an sgpt tokenizer description",
+                         "make it again with sgpt-tokenize extend", error=TokenizerError)
 
 
 SPACINGS = ("reference", "plain")
@@ -172,8 +176,7 @@ def _metadata(tokenizer, k: int, base: str, base_size: int, spacing: str) -> dic
     table = [vocab[unit_token(u)] for u in range(k)]
     contiguous = table == list(range(table[0], table[0] + k))
     return {
-        "format": META_FORMAT,
-        "version": 1,
+        **META_FORMAT.stamp(),
         "k": k,
         "unit_token": "<{unit}>",
         "first_unit_id": table[0],
@@ -231,6 +234,7 @@ def extend(base: str, output: str, k: int | None = None, dialog: bool = True,
             old = json.loads(meta_path.read_text())
         except ValueError:
             raise TokenizerError(f"{meta_path}: not an sgpt tokenizer description") from None
+        META_FORMAT.check(meta_path, old)
         if k is not None and k != old.get("k", k):
             raise TokenizerError(f"{base} already carries k={old['k']} unit tokens, not {k}")
     k = k if k is not None else old.get("k", 1000)
@@ -369,7 +373,9 @@ class SpeechTokenizer:
         meta = Path(path) / META_FILE
         if meta.is_file():
             try:
-                k = int(json.loads(meta.read_text())["k"])
+                data = json.loads(meta.read_text())
+                META_FORMAT.check(meta, data)
+                k = int(data["k"])
             except (ValueError, KeyError, TypeError):
                 raise TokenizerError(f"{meta}: not an sgpt tokenizer description") from None
         return cls(load_hf_tokenizer(path), k, path)

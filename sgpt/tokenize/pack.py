@@ -15,7 +15,8 @@ Input: stage-1 lines or unit records (``<sosp>…<eosp>``), or SpeechInstruct JS
 
 Layout of an output directory (one "part" per shard of a multi-node job)::
 
-    part-00000-of-00004.json          header: format, tokenizer, settings, counts
+    part-00000-of-00004.json          header: format and version (PACK_FORMAT), tokenizer,
+                                      settings, counts
     part-00000-of-00004.tokens.bin    token ids, uint16 (vocab <= 65536) or uint32
     part-00000-of-00004.mask.bin      uint8, 1 where the token is trained
     part-00000-of-00004.offsets.bin   int64, sequence i is tokens[offsets[i]:offsets[i+1]]
@@ -43,12 +44,11 @@ import numpy as np
 
 from sgpt.core.errors import RecordError, SgptError
 from sgpt.core.files import write_json
+from sgpt.core.formats import FileFormat
 from sgpt.core.records import parse_line, source_stem
 from sgpt.lm.prompts import SPEECHGPT
 from sgpt.lm.tokenizer import SpeechTokenizer
 
-PACK_FORMAT = "sgpt-pack"
-PACK_VERSION = 1
 STAGES = ("auto", "1", "2", "3")
 OVERLONG = ("truncate", "drop")
 BATCH = 256            # records tokenized together
@@ -59,6 +59,11 @@ _EMPTY_SPEECH = re.compile(r"<sosp>\s*<eosp>")
 
 class PackError(SgptError):
     """A pack that cannot be made or read as asked."""
+
+
+PACK_FORMAT = FileFormat("sgpt-pack", "a packed part header",
+                         "remove the directory's part-* files and pack again (sgpt-tokenize pack)",
+                         error=PackError)
 
 
 @dataclass
@@ -301,6 +306,7 @@ class Packer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.header_path().exists():
             header = json.loads(self.header_path().read_text())
+            PACK_FORMAT.check(self.header_path(), header)
             self.on_info(f"{self.header_path()} exists: this part is done (remove it to "
                          "pack again)")
             return header
@@ -437,8 +443,7 @@ class Packer:
     def _finish(self, part: _Part, state: dict) -> dict:
         stage = state["stage"] or (self.config.stage if self.config.stage != "auto" else "1")
         header = {
-            "format": PACK_FORMAT,
-            "version": PACK_VERSION,
+            **PACK_FORMAT.stamp(),
             "part": list(self.shard),
             "stage": stage,
             "tokenizer": self.tok.describe(),
@@ -487,6 +492,8 @@ class PackedDataset:
         if not headers:
             raise PackError(f"{path}: no finished part (part-*-of-*.json)")
         self.headers = [json.loads(h.read_text()) for h in headers]
+        for h, header in zip(headers, self.headers):
+            PACK_FORMAT.check(h, header)
         count = self.headers[0]["part"][1]
         have = sorted(h["part"][0] for h in self.headers)
         if have != list(range(count)) or any(h["part"][1] != count for h in self.headers):

@@ -1,9 +1,10 @@
 """K-means: reading centroids, quantizing features to units, and learning centroids.
 
-Centroids are ``.npy`` float32 [k, dim] (what ``learn_kmeans`` writes, with a JSON sidecar)
-or the published fairseq/SpeechGPT ``*_km1000.bin``: a joblib-pickled scikit-learn
-MiniBatchKMeans, read without executing code (``sgpt.core.safe_pickle``) for its
-``cluster_centers_``.
+Centroids are ``.npy`` float32 [k, dim] (what ``learn_kmeans`` writes, with a JSON sidecar
+that opens with its format and version, ``KMEANS_FORMAT``; a sidecar without them is of an
+sgpt before versions, version 1) or the published fairseq/SpeechGPT ``*_km1000.bin``: a
+joblib-pickled scikit-learn MiniBatchKMeans, read without executing code
+(``sgpt.core.safe_pickle``) for its ``cluster_centers_``.
 
 Learning is k-means++ (greedy, as scikit-learn) then Lloyd iterations, full-batch or
 mini-batch, in torch on the features' device. Corpora larger than memory are sampled first,
@@ -24,9 +25,26 @@ from torch import Tensor, nn
 
 from sgpt.core.errors import CheckpointError
 from sgpt.core.files import write_atomic, write_json
+from sgpt.core.formats import FileFormat
 
 CHUNK_ELEMENTS = 1 << 24  # bound on the [rows, k] matrices built at once (64 MiB of float32)
 NPY_MAGIC = b"\x93NUMPY"
+KMEANS_FORMAT = FileFormat("sgpt-kmeans", "a k-means sidecar",
+                           "learn it again with sgpt-units learn-kmeans", unnamed=True)
+
+
+def read_sidecar(path: str | os.PathLike) -> dict | None:
+    """The JSON sidecar of a ``.npy`` k-means, its format version checked; None when there is
+    none, or it is not JSON (then nothing is known of the centroids)."""
+    sidecar = Path(path).with_suffix(".json")
+    if Path(path).suffix != ".npy" or not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    KMEANS_FORMAT.check(sidecar, meta)
+    return meta
 
 
 def check_learnt_on(path: str | os.PathLike, encoder: str, layer: int | None) -> None:
@@ -36,14 +54,11 @@ def check_learnt_on(path: str | os.PathLike, encoder: str, layer: int | None) ->
     sidecar of sgpt 0.1 (no ``sgpt_version``) that says ``whisper`` means the 30 s-padded
     features, today's ``whisper-padded``. Without a sidecar (the published .bin) nothing is
     known, and nothing is checked."""
+    meta = read_sidecar(path)
+    if meta is None or "encoder" not in meta:
+        return
     sidecar = Path(path).with_suffix(".json")
-    if Path(path).suffix != ".npy" or not sidecar.is_file():
-        return
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        learnt = str(meta["encoder"]).split(":")[0]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
+    learnt = str(meta["encoder"]).split(":")[0]
     if learnt == "whisper" and "sgpt_version" not in meta:
         learnt = "whisper-padded"
     if learnt != encoder:
@@ -64,6 +79,7 @@ def load_centroids(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         is_npy = f.read(len(NPY_MAGIC)) == NPY_MAGIC or Path(path).suffix == ".npy"
     if is_npy:
+        read_sidecar(path)  # refuses centroids of a version this sgpt does not read
         try:
             centroids = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
@@ -86,7 +102,8 @@ def load_centroids(path: str | os.PathLike) -> np.ndarray:
 
 
 def save_centroids(path: str | os.PathLike, centroids: Tensor | np.ndarray, meta: dict) -> None:
-    """Write centroids as ``.npy`` float32 and ``meta`` beside them as ``.json``, atomically."""
+    """Write centroids as ``.npy`` float32 and ``meta`` beside them as ``.json`` (the sidecar,
+    stamped with ``KMEANS_FORMAT``), atomically."""
     if isinstance(centroids, Tensor):
         centroids = centroids.detach().cpu().numpy()
     array = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -95,7 +112,7 @@ def save_centroids(path: str | os.PathLike, centroids: Tensor | np.ndarray, meta
     sidecar = Path(path).with_suffix(".json")
     if sidecar == Path(path):
         raise ValueError(f"{path}: the centroids file cannot be named .json (that is its sidecar)")
-    info = {"k": array.shape[0], "dim": array.shape[1], **meta}
+    info = {**KMEANS_FORMAT.stamp(), "k": array.shape[0], "dim": array.shape[1], **meta}
     write_atomic(path, lambda f: np.save(f, array))
     write_json(sidecar, info)
 

@@ -23,6 +23,10 @@ that sgpt.vocode.vocoder.Vocoder uses:
 
 Errors are CheckpointError naming the file. A new architecture is one module with such a
 ``load`` and one entry here.
+
+The config.json that ``sgpt-vocode train`` writes opens with the directory's format and
+version (``VOCODER_FORMAT``); one without them (the published layout, or written by an sgpt
+before versions) is version 1.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import os
 import torch
 
 from sgpt.core.errors import CheckpointError
+from sgpt.core.formats import FileFormat
 
 VOCODERS: dict[str, str] = {
     "hifigan": "sgpt.vocode.hifigan:load",
@@ -47,6 +52,8 @@ TRAINERS: dict[str, str] = {
     "vocos": "sgpt.vocode.vocos_train",
 }
 DEFAULT_ARCH = "hifigan"  # what a config.json without "arch" is: the published layout
+VOCODER_FORMAT = FileFormat("sgpt-vocoder", "a vocoder config",
+                            "train it again with sgpt-vocode train", unnamed=True)
 
 
 def config_path(path: str, config: str | None = None) -> str:
@@ -66,7 +73,10 @@ def vocoder_arch(path: str, config: str | None = None) -> str:
             data = json.load(f)
     except (OSError, ValueError, RecursionError):
         return DEFAULT_ARCH
-    arch = data.get("arch", DEFAULT_ARCH) if isinstance(data, dict) else DEFAULT_ARCH
+    if not isinstance(data, dict):
+        return DEFAULT_ARCH
+    VOCODER_FORMAT.check(config_path(path, config), data)
+    arch = data.get("arch", DEFAULT_ARCH)
     if arch not in VOCODERS:
         raise CheckpointError(f"{config_path(path, config)}: unknown vocoder arch {arch!r} "
                               f"(use {', '.join(VOCODERS)})")

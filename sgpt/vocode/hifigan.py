@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sgpt.core.errors import CheckpointError, first_line
+from sgpt.vocode.architectures import VOCODER_FORMAT
 
 LRELU_SLOPE = 0.1
 
@@ -583,7 +584,8 @@ def read_config(path: str) -> HiFiGANConfig:
 
 
 def read_config_dict(path: str) -> dict:
-    """A vocoder's config.json as it is; CheckpointError naming the file if unreadable."""
+    """A vocoder's config.json as it is, less its format and version (checked: they are the
+    file's, not the config's); CheckpointError naming the file if unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -597,6 +599,10 @@ def read_config_dict(path: str) -> dict:
         raise CheckpointError(f"{path}: not JSON (nested too deep)") from None
     except ValueError as e:  # an integer of more digits than Python converts
         raise CheckpointError(f"{path}: not JSON ({first_line(e)})") from None
+    if isinstance(d, dict):
+        VOCODER_FORMAT.check(path, d)
+        if "format" in d:
+            d = {k: v for k, v in d.items() if k not in VOCODER_FORMAT.stamp()}
     return d
 
 

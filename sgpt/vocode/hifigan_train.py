@@ -9,11 +9,11 @@ of each training segment (first and last runs dropped, as they may be cut), weig
 
 Checkpoints are the published layout, so fairseq and speech-resynthesis load them:
 ``g_XXXXXXXX`` = ``{"generator": state_dict}``, ``do_XXXXXXXX`` = ``{"mpd", "msd",
-"optim_g", "optim_d", "steps", "epoch"}`` and ``config.json``; XXXXXXXX counts optimizer
-updates. A run resumes from the newest pair in its directory. Every random draw (the init,
-the segment sampled for each slot of each step, dropout) is seeded from ``seed`` and the
-step, so a resumed run follows the same path as one that was never stopped. Losses go to
-``train_log.jsonl``, one line per logged step.
+"optim_g", "optim_d", "steps", "epoch"}`` and ``config.json`` (opening with sgpt's format and
+version, keys they ignore); XXXXXXXX counts optimizer updates. A run resumes from the newest
+pair in its directory. Every random draw (the init, the segment sampled for each slot of each
+step, dropout) is seeded from ``seed`` and the step, so a resumed run follows the same path as
+one that was never stopped. Losses go to ``train_log.jsonl``, one line per logged step.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from sgpt.core.errors import AudioError, CheckpointError, RecordError, SgptError
 from sgpt.core.files import write_atomic, write_json
 from sgpt.core.stream import check_units, frame_units
 from sgpt.core.training import Interrupted, autocast, stop_requests, trim_log
+from sgpt.vocode.architectures import VOCODER_FORMAT
 from sgpt.vocode.hifigan import (
     LRELU_SLOPE,
     MHUBERT_KM1000_CONFIG,
@@ -500,7 +501,8 @@ class SegmentTrainer:
         """Train until ``opts.steps`` updates; returns the last log entry."""
         opts = self.opts
         os.makedirs(opts.output, exist_ok=True)
-        write_json(os.path.join(opts.output, "config.json"), self.cfg.to_dict(), indent=4)
+        write_json(os.path.join(opts.output, "config.json"),
+                   {**VOCODER_FORMAT.stamp(), **self.cfg.to_dict()}, indent=4)
         log_path = os.path.join(opts.output, LOG_NAME)
         if self.resume():
             self.info(f"resuming from step {self.steps} in {opts.output}")
