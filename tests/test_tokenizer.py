@@ -16,6 +16,7 @@ from fakes.tokenizers import (
 
 from sgpt.lm.prompts import (
     PREFIX,
+    added_tokens,
     chain_of_modality,
     cross_modal,
     inference_prompt,
@@ -137,7 +138,7 @@ def test_missing_tokenizer_is_one_line(tmp_path):
 
 def test_fast_path_ids_equal_the_transformers_tokenizer(speech_tokenizer, strings):
     tok = speech_tokenizer
-    tok._cache.clear()
+    tok.clear_cache()
     for special in (True, False):
         expected = tok.hf(strings, add_special_tokens=special)["input_ids"]
         assert tok.encode_batch(strings, add_special_tokens=special) == expected
@@ -145,6 +146,106 @@ def test_fast_path_ids_equal_the_transformers_tokenizer(speech_tokenizer, string
     for s in strings[:40]:
         assert tok.encode(s) == tok.hf(s)["input_ids"]
     assert all(a.dtype == np.int64 for a in tok.encode_arrays(strings[:5]))
+
+
+# Strings where a fast path could part from the tokenizer: units and markers against text,
+# whitespace of every kind beside them, text the word encoder cuts in each of its ways
+# (single spaces; runs of spaces, tabs, newlines, Unicode spaces, a literal ▁), characters
+# beyond ASCII and beyond the BMP, near-tokens, other added tokens in the text, \0, nothing.
+TRICKY = [
+    "", " ", "  ", "\n", "a", "<5>", "<0>", "<999>", "<sosp>", "[Human]",
+    "abc<5>def", "abc <5> def", "abc  <5>\t\tdef", "x\n<5>\ny", "<5>text<6>", "<5> <6>",
+    "<5>\u3000<6>", "<5>\xa0<6>", "<5>\x1c<6>", "<5>\x0b<6>", "\x0b<5>\x0c", "\x1c x \x1d",
+    "a\x1c  b\x1f  c", "a\u3000  b\n  c\t  d",
+    "<sosp> <5><6> <eosp> <eoh> [SpeechGPT] : ok", "[Human]: hi<eoh>. [SpeechGPT]: ",
+    "[Human]x[SpeechGPT]y<eos>z<eosp>", "[Human", "Human]", "<sosp", "eosp>", "[SpeechGPT",
+    "< 5>", "<5 >", "<<5>>", "<5><", "><5", "<5", "5>", "<-5>", "<+5>", "<5.0>", "<1e3>",
+    "<0001>", "<00>", "<01><10>", "<1000><5>", "<99999999999999999999>",
+    "Two  spaces,   three.    ", "Tab\there.\t", "a\r\nb", "trailing ", " leading",
+    "it's I'll 'S x'sa don't we've they'd", "3.14 (or 22/7)! e-mail: a@b.c 42x",
+    "Café «crème», naïve résumé — 日本語 ✓", "emoji 😀 here 🙂x <5> 😀",
+    "x ▁ y▁▁z ▁", "a▁ ▁y ▁ ▁c▁",
+    "text with </s> and <s> and <unk> inside <5>", "<|endoftext|><5><|im_start|>x",
+    "nul\0in<5>the\0middle", "\0<sosp>\0[Human]x\0<5>", "<eoa> <eoa>", ": ", "A;B:C. ... !!",
+    PREFIX, PREFIX + "[Human]: " + units_text([1, 2, 3]) + "<eoh> [SpeechGPT]: Yes.<eoa> ",
+]
+
+
+def test_fast_path_on_tricky_strings_cold_warm_and_alone(speech_tokenizer, monkeypatch):
+    tok = speech_tokenizer
+    assert tok._exact and tok._words is not None  # the paths under test are the ones taken
+    encode_new, misses = tok._encode_new, []
+    monkeypatch.setattr(tok, "_encode_new", lambda keys: misses.append(keys) or encode_new(keys))
+    for special in (True, False):
+        expected = tok.hf(TRICKY, add_special_tokens=special)["input_ids"]
+        tok.clear_cache()
+        assert tok.encode_batch(TRICKY, add_special_tokens=special) == expected  # new
+        assert tok.encode_batch(TRICKY, add_special_tokens=special) == expected  # cached now
+        misses.clear()
+        assert tok.encode_batch(TRICKY, add_special_tokens=special) == expected  # from it
+        assert not misses
+        tok.clear_cache()  # alone: an ASCII, a UTF-16 or a UTF-32 batch
+        assert [tok.encode(s, add_special_tokens=special) for s in TRICKY] == expected
+    assert tok.encode_batch([]) == []
+    assert [a.tolist() for a in tok.encode_arrays(TRICKY[:9])] == tok.encode_batch(TRICKY[:9])
+
+
+def test_caches_past_their_limits_give_the_same_ids(monkeypatch, strings):
+    import sgpt.lm.tokenizer as module
+
+    tok = SpeechTokenizer.from_dir(str(extended("llama", "reference")))
+    monkeypatch.setattr(module, "CACHE_LIMIT", 5)
+    monkeypatch.setattr(module, "WORD_CACHE_LIMIT", 7)
+    expected = tok.hf(strings[:64])["input_ids"]
+    for _ in range(2):
+        assert [tok.encode_batch(strings[i:i + 8]) for i in range(0, 64, 8)] == [
+            expected[i:i + 8] for i in range(0, 64, 8)]
+        assert len(tok._words.cache) <= 7
+
+
+@pytest.mark.parametrize("base", ["llama", "smollm2"])
+def test_word_encoder_that_disagrees_with_the_tokenizer_is_not_used(monkeypatch, base):
+    from sgpt.lm.tokenizer import _WordEncoder
+
+    # cut every piece into characters: BPE then merges nothing, and the probes see it
+    monkeypatch.setattr(_WordEncoder, "_parts", lambda self, text, first: list(text))
+    tok = SpeechTokenizer.from_dir(str(extended(base, "reference")))
+    assert tok._words is None
+    s = PREFIX + cross_modal("Say it.", "Hello there, world!", units_text([1, 2]))["plain_text"]
+    assert tok.encode_batch([s, "a b"]) == tok.hf([s, "a b"])["input_ids"]
+
+
+@pytest.mark.parametrize("base", ["llama", "smollm2"])
+def test_tokens_that_strip_on_one_side_only(base):
+    from transformers import AddedToken
+
+    hf = load_hf_tokenizer(str(extended(base, "plain")))
+    hf.add_tokens([AddedToken(t, lstrip=True, rstrip=False, normalized=False, special=False)
+                   for t in added_tokens(1000)])
+    tok = SpeechTokenizer(hf, 1000)
+    assert tok._exact and tok._words is not None
+    assert tok.encode_batch(TRICKY) == hf(TRICKY)["input_ids"]
+
+
+def test_units_of_k_digits_from_k_up_are_text():
+    tok = SpeechTokenizer.from_dir(str(extended("llama", "reference", 500)))
+    strings = ["<499><500><999><5>", "a <500> b", "<sosp><0><500><1><eosp>"]
+    assert tok.encode_batch(strings) == tok.hf(strings)["input_ids"]
+
+
+@pytest.mark.parametrize("change", ["overlap", "spacing"])
+def test_tokens_the_scan_cannot_find_as_the_tokenizer_does_turn_it_off(change):
+    from transformers import AddedToken
+
+    hf = load_hf_tokenizer(str(extended("llama", "plain")))
+    if change == "overlap":  # in "x<12>", the tokenizer takes x<1, then 2> as text
+        hf.add_tokens(["x<1"])
+    else:  # <sosp> alone eats the whitespace around it
+        hf.add_tokens([AddedToken("<sosp>", lstrip=True, rstrip=True, normalized=False)])
+    tok = SpeechTokenizer(hf, 1000)
+    assert not tok._exact
+    strings = ["x<12><5>", "<sosp>x<1><eosp>", " <sosp> <5> <eosp> ", ""]
+    assert tok.encode_batch(strings) == hf(strings)["input_ids"]
 
 
 def test_units_map_by_arithmetic(speech_tokenizer):
@@ -252,7 +353,8 @@ def test_reference_spacing_reproduces_transformers_4_33():
 def test_fallback_when_context_cannot_be_vouched_for(monkeypatch):
     tok = SpeechTokenizer.from_dir(str(extended("llama", "plain")))
     s = PREFIX + cross_modal("Say it.", "Hi.", units_text([1, 2]))["plain_text"]
-    tok._cache.clear()
+    tok.clear_cache()
+    monkeypatch.setattr(tok, "_words", None)  # every piece goes through the anchored path
     monkeypatch.setattr(tok, "_anchor", -1)  # every context check fails
     assert tok.encode(s) == tok.hf(s)["input_ids"]
     assert tok.encode_batch([s, s]) == [tok.hf(s)["input_ids"]] * 2

@@ -15,12 +15,16 @@ transformers: added tokens with ``lstrip``/``rstrip`` and a LLaMA tokenizer with
 as ``add_tokens`` does today and keeps the base tokenizer's own behaviour.
 
 ``SpeechTokenizer`` encodes SpeechInstruct strings fast and gives exactly the ids the
-transformers tokenizer gives for the whole string: runs of unit tokens map to ids through a
-table (arithmetic), markers through a dict, and each piece of text between them goes through
-the transformers tokenizer in the context it has in the string (after an added token or at
-the start, before one or at the end), so whitespace handling around added tokens and
-sentencepiece's word-start marker come out as they do for the whole string. Text pieces
-repeat (the system prefix, templates, instructions) and are cached.
+transformers tokenizer gives for the whole string. Unit tokens are found for a whole batch
+in one numpy pass and map to ids through a table. The text between runs of units (system
+prefix, instruction, markers, transcript) is cached whole, by its context (a unit token
+before it or not, after it or not), once it has been seen twice. A text not cached is its
+markers' ids and its pieces' (the text between markers), and a piece's ids are what the
+tokenizer gives it in the context it has in the string (after an added token or at the
+start, before one or at the end), so whitespace handling around added tokens and
+sentencepiece's word-start marker come out as they do for the whole string: for the
+tokenizers it knows exactly (ByteLevel or Metaspace BPE), cut into words that BPE cannot
+join across, each word's ids cached; for any other, through the tokenizer itself.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +51,8 @@ META_FILE = "sgpt_tokenizer.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
                    META_FILE)
-CACHE_LIMIT = 200_000  # text pieces kept encoded
-
-_DIGITS = str.maketrans("<>", "  ")
-_LEADING_ZERO = re.compile(r"<0[0-9]")
+CACHE_LIMIT = 200_000  # texts kept encoded, or remembered as seen once
+WORD_CACHE_LIMIT = 500_000  # words kept encoded
 
 
 class TokenizerError(SgptError):
@@ -281,30 +284,124 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def _split_patterns(markers: Iterable[str]) -> tuple[re.Pattern, re.Pattern]:
-    """Patterns for a marker (the whole match) or a run of unit tokens (group 1 set).
+# What Rust's char::is_whitespace (the White_Space property) takes: the whitespace an added
+# token with lstrip/rstrip eats.
+_WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+# ByteLevel text cut before each space that follows a character that is not whitespace
+# (the same set for its regex engine: \s). GPT-2's pre-tokenization pattern never matches
+# such a character and the space together ('s|'t|…| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
+# \s+(?!\S)|\s+), so each part pre-tokenizes alone as in the whole.
+_BYTE_LEVEL_CUT = re.compile(f"(?<=[^{_WHITE_SPACE}])(?= )")
+# ByteLevel parts the word encoder pre-tokenizes itself: printable ASCII, tab, newline,
+# carriage return. Over these, letters, digits and whitespace are the same classes for every
+# regex engine and Unicode version, and _BYTE_LEVEL_WORDS is GPT-2's pattern spelled out.
+_WORD_SAFE = re.compile(r"[\t\n\r -~]*")
+_BYTE_LEVEL_WORDS = re.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\r A-Za-z0-9]+"
+    r"|[\t\n\r ]+(?![^\t\n\r ])|[\t\n\r ]+")
+# A metaspace string cut before every ▁ that follows another character. Where no vocabulary
+# token has such a ▁ (_ACROSS_METASPACE finds none), no BPE merge crosses the cuts, so each
+# part gets alone the ids it gets in the whole.
+_METASPACE_WORDS = re.compile("▁*[^▁]+|▁+")
+_ACROSS_METASPACE = re.compile("[^▁]▁")
+# Probe pieces: the word encoder is used only if it gives, for each of these in each
+# context, the ids the tokenizer gives.
+_PROBES = ("a", " a", "a ", "  two  spaces  ", " ", "\n", "a\n\nb\n ", "\t x\r\n y", "x\t",
+           "it's I'll 'S x'sa don't", "3.14 (22/7)! e-mail: a@b.c 42x", "Hello, world.<eoa> ",
+           ": Transcribe this. This is input: ", "A;B:C.", "...", " Café «crème», naïve — 日本語 ✓",
+           "x\u3000 y\u00a0z \u2028 q", "\x1c a\x1d", "\x0b\x0c x \x85", "x ▁ y▁▁z", "😀 🙂x")
+# A string holding a unit token, or able to share characters with one in some text.
+_UNIT_OVERLAP = re.compile(r"<[0-9]|[0-9]>|<$|^>|^[0-9]+$")
 
-    The first, fast one takes any stretch ``<digit…>`` of digits and angle brackets as a
-    candidate run (one character class: the regex engine races through it); a candidate that
-    is not a clean run of units is split again with the second, strict one. Every
-    alternative starts with a literal ``<`` or ``[``, so plain text is skipped at the speed
-    of a substring search.
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether matches of ``a`` and ``b`` can share characters in some text."""
+    return (a in b or b in a or any(a.endswith(b[:i]) for i in range(1, len(b)))
+            or any(b.endswith(a[:i]) for i in range(1, len(a))))
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-to-character map (ByteLevel spells words in it), for the ASCII bytes."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in kept]
+    table = {b: chr(b) for b in kept} | {b: chr(256 + i) for i, b in enumerate(moved)}
+    return {b: table[b] for b in range(128)}
+
+
+class _WordEncoder:
+    """Ids of text between added tokens as the Rust tokenizer gives them, part by part.
+
+    On a new piece of text the Rust tokenizer spends most of its time in pre-tokenization
+    (its regex engine) and in BPE over long words. Here a piece is cut where the tokenizer
+    cannot join across (``_BYTE_LEVEL_CUT``, ``_METASPACE_WORDS``), and each part's ids come
+    from a cache, else from the BPE model (``_encode``). ``for_backend`` takes only
+    pipelines this knows exactly; the caller strips the whitespace that added tokens eat
+    and keeps other added tokens away.
     """
-    def alternation(tails: Iterable[str]) -> str:
-        return "|".join(re.escape(t) for t in sorted(tails, key=len, reverse=True))
 
-    markers = list(markers)
-    angle = [m[1:] for m in markers if m.startswith("<")]
-    square = [m[1:] for m in markers if m.startswith("[")]
-    if len(angle) + len(square) != len(markers):
-        raise TokenizerError("markers must start with < or [")
-    rest = (f"|{alternation(angle)}" if angle else "") + ")" + (
-        rf"|\[(?:{alternation(square)})" if square else "")
-    unit = r"(?:0|[1-9][0-9]*)>"
-    marker = "(<(?:" + rest[1:] + ")" if angle else "((?!)" + rest + ")"
-    fast = re.compile("(<[0-9][0-9<>]*>)|" + marker)
-    strict = re.compile(f"(<{unit}(?:<{unit})*)|" + marker)
-    return fast, strict
+    def __init__(self, backend, prepend: str | None):
+        self.backend = backend
+        self.prepend = prepend  # Metaspace's prepend_scheme (always, first, never); None: ByteLevel
+        self.alphabet = None if prepend else str.maketrans(_byte_level_alphabet())
+        self.cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def for_backend(cls, backend) -> _WordEncoder | None:
+        from tokenizers import models, pre_tokenizers
+
+        model, pre = backend.model, backend.pre_tokenizer
+        if backend.normalizer is not None or not isinstance(model, models.BPE) or model.dropout:
+            return None
+        if isinstance(pre, pre_tokenizers.ByteLevel):
+            if pre.use_regex and not pre.add_prefix_space:
+                return cls(backend, None)
+        elif isinstance(pre, pre_tokenizers.Metaspace):
+            vocab = backend.get_vocab()
+            if (pre.replacement == "▁" and not pre.split and "▁" in vocab
+                    and not any(map(_ACROSS_METASPACE.search, vocab))):
+                return cls(backend, pre.prepend_scheme)
+        return None
+
+    def _parts(self, text: str, first: bool) -> list[str]:
+        """``text`` cut where the tokenizer cannot join across; metaspace words may keep
+        spaces for their ▁ (the cache key; the model sees ▁)."""
+        if self.prepend is not None and not text.startswith((" ", "▁")) and (
+                self.prepend == "always" or self.prepend == "first" and first):
+            text = " " + text  # the ▁ Metaspace prepends
+        if text.isprintable() and "  " not in text and "▁" not in text:
+            # no whitespace but single spaces, no ▁ before one (and no \0): every space is
+            # a cut (a leading "" part has no ids)
+            return text.replace(" ", "\0 ").split("\0")
+        if self.prepend is None:
+            return _BYTE_LEVEL_CUT.split(text)
+        return _METASPACE_WORDS.findall(text.replace(" ", "▁"))
+
+    def ids(self, text: str, first: bool) -> tuple[int, ...]:
+        """Ids of a non-empty piece; ``first``: the piece starts its string."""
+        cache, out = self.cache, []
+        for part in self._parts(text, first):
+            ids = cache.get(part)
+            if ids is None:
+                ids = self._encode(part)
+            out += ids
+        return tuple(out)
+
+    def _encode(self, part: str) -> tuple[int, ...]:
+        """Ids of a part new to the cache, cached: a metaspace word through the BPE model; a
+        ByteLevel part pre-tokenized here when it is _WORD_SAFE, else by the Rust tokenizer."""
+        if len(self.cache) >= WORD_CACHE_LIMIT:
+            self.cache.clear()
+        model = self.backend.model
+        if self.alphabet is None:
+            ids = tuple(t.id for t in model.tokenize(part.replace(" ", "▁")))
+        elif _WORD_SAFE.fullmatch(part):
+            ids = tuple(t.id for word in _BYTE_LEVEL_WORDS.findall(part)
+                        for t in model.tokenize(word.translate(self.alphabet)))
+        else:
+            ids = tuple(self.backend.encode(part, add_special_tokens=False).ids)
+        self.cache[part] = ids
+        return ids
 
 
 def _rust_backend(tokenizer):
@@ -358,13 +455,36 @@ class SpeechTokenizer:
         self.special_prefix = list(probe[:at])
         self.special_suffix = list(probe[at + len(bare):])
         self._anchor = self.markers[SOSP]
-        self._split, self._strict = _split_patterns(self.markers)
         self._backend = _rust_backend(tokenizer)
-        self._marker_ids = {m: np.array([i], dtype=np.int64) for m, i in self.markers.items()}
-        self._empty = np.zeros(0, dtype=np.int64)
-        self._prefix_ids = np.array(self.special_prefix, dtype=np.int64)
-        self._suffix_ids = np.array(self.special_suffix, dtype=np.int64)
-        self._cache: dict[tuple[str, bool, bool], list[int]] = {}
+        # Unit tokens (found by _units) and markers (_split_markers) are found by their
+        # spelling. That is what the tokenizer splits out when all of them are added tokens
+        # with one whitespace handling, none single_word, and no other added token can share
+        # characters with them.
+        decoder = tokenizer.added_tokens_decoder
+        ours = {*self.unit_ids.tolist(), *self.markers.values()}
+        flags = {(t.lstrip, t.rstrip, t.single_word) for i, t in decoder.items() if i in ours}
+        others = [t.content for i, t in decoder.items() if i not in ours]
+        self._exact = (len(flags) == 1 and not next(iter(flags))[2]
+                       and ours <= decoder.keys()
+                       and not any(_UNIT_OVERLAP.search(o) for o in others)
+                       and not any(_overlap(o, m) for o in others for m in self.markers))
+        self._eats_before, self._eats_after = next(iter(flags))[:2] if flags else (False, False)
+        self._others = re.compile("|".join(map(re.escape, others))) if others else None
+        self._marker_split = re.compile(f"({'|'.join(map(re.escape, self.markers))})")
+        self._marker_tags = [(m, f"\0{m}\0") for m in self.markers]
+        self._digits = len(str(k - 1))
+        # unit ids as Python ints: taking from it shares the int objects instead of making
+        # one per token
+        self._objects = np.array(self.unit_ids.tolist(), dtype=object)
+        # ids of text (between unit runs, or between any two of our tokens), by (one of our
+        # tokens before it, one after it) and the text; and the texts encoded once
+        contexts = [(left, right) for left in (False, True) for right in (False, True)]
+        self._cache: dict[tuple[bool, bool], dict[str, tuple[int, ...]]] = {
+            context: {} for context in contexts}
+        self._seen: dict[tuple[bool, bool], set[str]] = {context: set() for context in contexts}
+        self._words = _WordEncoder.for_backend(self._backend) if self._backend else None
+        if self._words is not None and not self._words_agree():
+            self._words = None
 
     @classmethod
     def from_dir(cls, path: str) -> SpeechTokenizer:
@@ -415,71 +535,190 @@ class SpeechTokenizer:
             raise ValueError(f"unit {bad} is outside 0..{self.k - 1}")
         return self.unit_ids[u]
 
-    def _run_ids(self, run: str) -> np.ndarray | None:
-        """Ids of ``<u><u>…<u>`` if it is exactly a run of unit tokens below k, else None."""
-        units = np.fromstring(run.translate(_DIGITS), dtype=np.int64, sep=" ")
-        n = len(units)
-        if (not n or run.count("<") != n or run.count(">") != n or run.count("><") != n - 1
-                or units.min() < 0 or units.max() >= self.k
-                or ("<0" in run and _LEADING_ZERO.search(run))):
-            return None
-        return self.unit_ids[units]
-
     # --- text ----------------------------------------------------------------------------
 
-    def _segments(self, text: str, strict: bool = False) -> list:
-        """``text`` as a list of id arrays (added tokens) and strings (text between them)."""
-        parts = (self._strict if strict else self._split).split(text)
-        segments: list = [parts[0]] if parts[0] else []
-        for i in range(1, len(parts), 3):
-            run, marker, after = parts[i], parts[i + 1], parts[i + 2]
-            if marker is not None:
-                segments.append(self._marker_ids[marker])
-            else:
-                ids = self._run_ids(run)
-                if ids is not None:
-                    segments.append(ids)
-                else:  # a unit >= k is no token but text, as for the tokenizer; or not a
-                    # clean run: split it strictly (text in it joins its neighbours)
-                    for s in (self._split_run(run) if strict else self._segments(run, True)):
-                        if isinstance(s, str) and segments and isinstance(segments[-1], str):
-                            segments[-1] += s
-                        else:
-                            segments.append(s)
-            if after:
-                if segments and isinstance(segments[-1], str):
-                    segments[-1] += after
-                else:
-                    segments.append(after)
-        return segments
+    def _units(self, bulk: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Start, end and unit of every unit token in ``bulk`` (which ends with
+        ``_digits + 2`` characters that start none).
 
-    def _split_run(self, run: str) -> list:
-        out: list = []
-        for token in run[1:-1].split("><"):
-            unit = int(token)
-            if unit < self.k:
-                out.append(self.unit_ids[unit:unit + 1])
-            elif out and isinstance(out[-1], str):
-                out[-1] += f"<{token}>"
-            else:
-                out.append(f"<{token}>")
+        One vectorised pass over the code points, for a whole batch: a unit token is ``<``,
+        1 to len(str(k-1)) digits without a leading zero, ``>``, of value below k (``<1000>``
+        and ``<01>`` are text, as for the tokenizer). None holds a character that starts
+        another, so none overlap.
+        """
+        if bulk.isascii():
+            codes = np.frombuffer(bulk.encode("ascii"), dtype=np.uint8)
+        else:  # UTF-16 has a unit per character, unless one is beyond the BMP
+            codes = np.frombuffer(bulk.encode("utf-16-le", "surrogatepass"), dtype=np.uint16)
+            if len(codes) != len(bulk):
+                codes = np.frombuffer(bulk.encode("utf-32-le", "surrogatepass"),
+                                      dtype=np.uint32)
+        cand = np.flatnonzero(codes == ord("<"))
+        digit = codes[1:].take(cand).astype(np.int64) - ord("0")
+        alive = (digit >= 0) & (digit < 10)
+        lead = digit != 0
+        value = digit
+        size = np.zeros(len(cand), dtype=np.int32)
+        for m in range(2, self._digits + 2):  # the character m after the candidate
+            c = codes[m:].take(cand)
+            closed = alive & (c == ord(">"))
+            if m > 2:
+                closed &= lead
+            size += closed * np.int32(m + 1)
+            if m <= self._digits:
+                digit = c.astype(np.int64) - ord("0")
+                alive &= (digit >= 0) & (digit < 10)
+                value = np.where(alive, value * 10 + digit, value)
+        keep = np.flatnonzero(size * (value < self.k))
+        start = cand.take(keep)
+        return start, start + size.take(keep), value.take(keep)
+
+    def _encode_lists(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+        """Token ids of each text: the fast path, batched.
+
+        The texts are scanned together for unit tokens (``_units``); each text is then runs
+        of adjacent unit tokens, with a span of text before each run and one after the last
+        (any of them empty, markers in them). A span's ids depend on the span and on whether
+        unit tokens stand before and after it, and are cached so (``_lookup``): the system
+        prefix, an instruction, the markers around a run come back from one dict each. A
+        text's ids are its spans' and runs' joined: no numpy array, tuple or list per token.
+        """
+        if sum(map(len, [*self._cache.values(), *self._seen.values()])) > CACHE_LIMIT:
+            self.clear_cache()
+        n = len(texts)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+        end = np.cumsum(lengths + 1) - 1
+        begin = end - lengths
+        # \0 ends any token, so none spans two texts; _units looks ahead into the padding
+        bulk = "\0".join([*texts, "\0" * (self._digits + 2)])
+        start, stop, units = self._units(bulk)
+        fresh = np.ones(len(start), dtype=bool)
+        fresh[1:] = start[1:] != stop[:-1]
+        heads = np.flatnonzero(fresh)  # the first unit token of each run
+        bounds = np.append(heads, len(start))
+        run_stop = stop[bounds[1:] - 1]
+        owner = np.searchsorted(begin, start[heads], side="right") - 1
+        first = np.ones(len(heads), dtype=bool)  # the first run of its text
+        first[1:] = owner[1:] != owner[:-1]
+        last = np.append(first[1:], True)[:len(heads)]  # the last run of its text
+        before = np.where(first, begin[owner], np.roll(run_stop, 1))
+        after = begin.copy()
+        after[owner[last]] = run_stop[last]
+        runs = np.bincount(owner, minlength=n)
+        spans = self._lookup([bulk[a:b] for a, b in zip(before.tolist(), start[heads].tolist())],
+                             (~first).tolist(), True)
+        tails = self._lookup([bulk[a:b] for a, b in zip(after.tolist(), end.tolist())],
+                             (runs > 0).tolist(), False)
+        objects = self._objects.take(units).tolist()
+        bounds = bounds.tolist()
+        prefix = self.special_prefix if add_special_tokens else []
+        suffix = self.special_suffix if add_special_tokens else []
+        out = []
+        low = 0
+        for count, tail in zip(runs.tolist(), tails):
+            ids = prefix.copy()
+            for run in range(low, low + count):
+                ids += spans[run]
+                ids += objects[bounds[run]:bounds[run + 1]]
+            ids += tail
+            ids += suffix
+            out.append(ids)
+            low += count
         return out
 
-    def _fill_cache(self, keys: Iterable[tuple[str, bool, bool]]) -> None:
-        wanted = list(dict.fromkeys(keys))
-        keys = [k for k in wanted if k not in self._cache]
+    def _lookup(self, texts: list[str], lefts: list[bool], right: bool
+                ) -> list[tuple[int, ...]]:
+        """The ids of texts with one of our tokens before them where ``lefts`` says and one
+        after them where ``right`` does: cached, else encoded (``_encode_new``)."""
+        after, alone = self._cache[True, right], self._cache[False, right]
+        found = [(after if left else alone).get(s) for s, left in zip(texts, lefts)]
+        if None in found:
+            new = self._encode_new({(s, left, right)
+                                    for s, left, ids in zip(texts, lefts, found) if ids is None})
+            found = [new[s, left, right] if ids is None else ids
+                     for s, left, ids in zip(texts, lefts, found)]
+        return found
+
+    def _split_markers(self, text: str) -> list[str]:
+        """``text`` as [piece, marker, piece, …, marker, piece]. Tagging the markers with \0
+        (no marker of MARKERS holds another) and splitting there is a few times faster than
+        the regex, which has to try every position: its alternatives start with < or [."""
+        if "\0" in text:
+            return self._marker_split.split(text)
+        for marker, tagged in self._marker_tags:
+            text = text.replace(marker, tagged)
+        return text.split("\0")
+
+    def _encode_new(self, keys: set[tuple[str, bool, bool]]
+                    ) -> dict[tuple[str, bool, bool], tuple[int, ...]]:
+        """Ids of texts (text, our token before, our token after) not in the cache.
+
+        A text with markers is its pieces' ids (cached or new) and the markers'; a piece goes
+        through the word encoder where it can take it, else through the tokenizer in an
+        anchored context. A text enters the cache the second time it is encoded: one-off
+        texts (a new transcript) leave it, and the collector, alone.
+        """
+        todo: dict[tuple[str, bool, bool], None] = {}
+        spans = []
+        for key in keys:
+            text, left, right = key
+            parts: list = self._split_markers(text)
+            if len(parts) == 1:
+                todo[key] = None
+                continue
+            last = len(parts) - 1
+            holes = []  # the pieces not cached: (index, key)
+            for i in range(1, last, 2):
+                parts[i] = (self.markers[parts[i]],)
+            for i in range(0, last + 1, 2):
+                context = (left or i > 0, right or i < last)
+                ids = self._cache[context].get(parts[i])
+                if ids is None:
+                    piece = (parts[i], *context)
+                    todo[piece] = None
+                    holes.append((i, piece))
+                parts[i] = ids
+            spans.append((key, parts, holes))
+        words: list[tuple[str, bool, bool]] = []
+        anchored: list[tuple[str, bool, bool]] = []
+        for key in todo:
+            other = self._others is not None and self._others.search(key[0])
+            (anchored if self._words is None or other else words).append(key)
+        new = dict(zip(words, self._word_ids(words)))
+        new.update(zip(anchored, self._anchored_ids(anchored)))
+        for key, parts, holes in spans:
+            for i, piece in holes:
+                parts[i] = new[piece]
+            new[key] = tuple(chain.from_iterable(parts))
+        for (text, left, right), ids in new.items():
+            seen = self._seen[left, right]
+            if text in seen:
+                self._cache[left, right][text] = ids
+            else:
+                seen.add(text)
+        return new
+
+    def _word_ids(self, keys: list[tuple[str, bool, bool]]) -> list[tuple[int, ...]]:
+        """Ids of pieces through ``_words``, the whitespace that tokens eat stripped first."""
+        out = []
+        for piece, left, right in keys:
+            if left and self._eats_after:
+                piece = piece.lstrip(_WHITE_SPACE)
+            if right and self._eats_before:
+                piece = piece.rstrip(_WHITE_SPACE)
+            out.append(self._words.ids(piece, not left) if piece else ())
+        return out
+
+    def _anchored_ids(self, keys: list[tuple[str, bool, bool]]) -> list[tuple[int, ...]]:
+        """Ids of pieces, each encoded between the added tokens (``<sosp>`` standing in for
+        any: they share one whitespace handling) that surround it in its string."""
         if not keys:
-            return
-        if len(self._cache) + len(keys) > CACHE_LIMIT:
-            self._cache.clear()
-            keys = wanted
-        anchor = SOSP
-        texts = [(anchor if left else "") + piece + (anchor if right else "")
+            return []
+        texts = [(SOSP if left else "") + piece + (SOSP if right else "")
                  for piece, left, right in keys]
-        encoded = self._encode_texts(texts)
         a = self._anchor
-        for key, ids in zip(keys, encoded):
-            _, left, right = key
+        out = []
+        for (_, left, right), ids in zip(keys, self._encode_texts(texts)):
             ids = list(ids)
             if left:
                 if not ids or ids[0] != a:
@@ -491,7 +730,18 @@ class SpeechTokenizer:
                 ids = ids[:-1]
             if a in ids:
                 raise _Fallback
-            self._cache[key] = np.array(ids, dtype=np.int64)
+            out.append(tuple(ids))
+        return out
+
+    def _words_agree(self) -> bool:
+        """Whether the word encoder gives the tokenizer's ids for every probe, in context."""
+        keys = [(p, left, right) for p in _PROBES for left in (False, True)
+                for right in (False, True)]
+        try:
+            expected = self._anchored_ids(keys)
+        except _Fallback:
+            return False
+        return self._word_ids(keys) == expected
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         """Ids of texts without special tokens: through the Rust tokenizer itself where the
@@ -502,47 +752,41 @@ class SpeechTokenizer:
                 texts, add_special_tokens=False)]
         return self.hf(texts, add_special_tokens=False)["input_ids"]
 
-    def _encode_segments(self, segments: list, add_special_tokens: bool) -> np.ndarray:
-        parts: list = [self._prefix_ids] if add_special_tokens else []
-        last = len(segments) - 1
-        for i, s in enumerate(segments):
-            parts.append(self._cache[(s, i > 0, i < last)] if isinstance(s, str) else s)
-        if add_special_tokens:
-            parts.append(self._suffix_ids)
-        return np.concatenate(parts) if parts else self._empty
-
-    def encode_arrays(self, texts: Sequence[str], add_special_tokens: bool = True
-                      ) -> list[np.ndarray]:
-        """Token ids (int64 arrays) of each text: the fast path, batched."""
-        split = [self._segments(t) for t in texts]
-        keys = []
-        for segments in split:
-            last = len(segments) - 1
-            keys += [(s, i > 0, i < last) for i, s in enumerate(segments) if isinstance(s, str)]
-        try:
-            self._fill_cache(keys)
-            return [self._encode_segments(s, add_special_tokens) for s in split]
-        except _Fallback:
-            return [self._encode_one(t, add_special_tokens) for t in texts]
-
-    def _encode_one(self, text: str, add_special_tokens: bool) -> np.ndarray:
-        segments = self._segments(text)
-        last = len(segments) - 1
-        try:
-            self._fill_cache((s, i > 0, i < last) for i, s in enumerate(segments)
-                             if isinstance(s, str))
-            return self._encode_segments(segments, add_special_tokens)
-        except _Fallback:
-            ids = self.hf(text, add_special_tokens=add_special_tokens)["input_ids"]
-            return np.asarray(ids, dtype=np.int64)
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``, as ``tokenizer(text)["input_ids"]`` gives them."""
-        return self.encode_arrays([text], add_special_tokens)[0].tolist()
+    def clear_cache(self) -> None:
+        """Forget the texts encoded so far: each text is new again. The word encoder keeps
+        its words, as the Rust tokenizer keeps its BPE cache."""
+        for texts in (*self._cache.values(), *self._seen.values()):
+            texts.clear()
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True
                      ) -> list[list[int]]:
-        return [ids.tolist() for ids in self.encode_arrays(texts, add_special_tokens)]
+        """Token ids of each text, as ``tokenizer(texts)["input_ids"]`` gives them."""
+        if not isinstance(texts, list):
+            texts = list(texts)
+        if not texts:
+            return []
+        if not self._exact:
+            return self.hf(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        try:
+            return self._encode_lists(texts, add_special_tokens)
+        except _Fallback:
+            return [self._encode_one(t, add_special_tokens) for t in texts]
+
+    def _encode_one(self, text: str, add_special_tokens: bool) -> list[int]:
+        try:
+            return self._encode_lists([text], add_special_tokens)[0]
+        except _Fallback:
+            return self.hf(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, as ``tokenizer(text)["input_ids"]`` gives them."""
+        return self.encode_batch([text], add_special_tokens)[0]
+
+    def encode_arrays(self, texts: Sequence[str], add_special_tokens: bool = True
+                      ) -> list[np.ndarray]:
+        """Token ids (int64 arrays) of each text."""
+        return [np.fromiter(ids, dtype=np.int64, count=len(ids))
+                for ids in self.encode_batch(texts, add_special_tokens)]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of token ids, special tokens included, spaces as the tokens have them."""
