@@ -224,7 +224,7 @@ def test_packed_batch_same_loss_and_gradients_as_the_padded_batch(lora):
         ways[f"{width} {p}"] = lambda packed=packed: packed_loss_sum(model, packed, cpu)
     for way, loss in ways.items():
         ours = run(loss)
-        torch.testing.assert_close(ours[0], whole[0], rtol=1e-7, atol=0, msg=way)
+        torch.testing.assert_close(ours[0], whole[0], rtol=1e-6, atol=0, msg=way)
         assert ours[1].keys() == whole[1].keys() and len(whole[1]) > 0
         for name, grad in whole[1].items():
             scale = float(grad.abs().max())
