@@ -484,7 +484,15 @@ class SegmentTrainer:
     every N updates, SIGINT/SIGTERM). A subclass has ``generator``, ``cfg`` (with ``hop``,
     ``sampling_rate``, ``extra``), ``opts``, ``seed``, ``steps``, ``info`` and implements
     ``resume``, ``start_from``, ``save``, ``step(sampler, examples) -> log entry`` and
-    ``describe(entry) -> str`` (the losses of a log line); ``models`` are put in train mode."""
+    ``describe(entry) -> str`` (the losses of a log line); ``models`` are put in train mode.
+    Its ``__init__`` keeps the run's settings and seeds torch before the subclass builds its
+    models."""
+
+    def __init__(self, cfg, opts: TrainOptions, device: torch.device,
+                 amp: torch.dtype | None, info: Callable[[str], None]):
+        self.cfg, self.opts, self.device, self.amp, self.info = cfg, opts, device, amp, info
+        self.seed = int(cfg.extra["seed"])
+        torch.manual_seed(self.seed)
 
     def models(self) -> list[nn.Module]:
         return [self.generator]
@@ -541,10 +549,8 @@ class SegmentTrainer:
 class Trainer(SegmentTrainer):
     def __init__(self, cfg: HiFiGANConfig, opts: TrainOptions, device: torch.device,
                  amp: torch.dtype | None = None, info: Callable[[str], None] = print):
-        self.cfg, self.opts, self.device, self.amp, self.info = cfg, opts, device, amp, info
+        super().__init__(cfg, opts, device, amp, info)
         h = cfg.extra
-        self.seed = int(h["seed"])
-        torch.manual_seed(self.seed)
         self.generator = UnitHiFiGAN(cfg).to(device)
         divisor = int(h["discriminator_channel_divisor"])
         self.mpd = MultiPeriodDiscriminator(divisor=divisor).to(device)

@@ -139,10 +139,8 @@ def _optimizer_state(tensors: dict, info: dict) -> dict:
 class Trainer(SegmentTrainer):
     def __init__(self, cfg: VocosConfig, opts: TrainOptions, device: torch.device,
                  amp: torch.dtype | None = None, info: Callable[[str], None] = print):
-        self.cfg, self.opts, self.device, self.amp, self.info = cfg, opts, device, amp, info
+        super().__init__(cfg, opts, device, amp, info)
         h = cfg.extra
-        self.seed = int(h["seed"])
-        torch.manual_seed(self.seed)
         self.generator = UnitVocos(cfg).to(device)
         self.optim = torch.optim.AdamW(self.generator.parameters(), h["learning_rate"],
                                        betas=(h["adam_b1"], h["adam_b2"]))
