@@ -169,7 +169,7 @@ def main() -> None:
         run.autocast_dtype, run.share_prefix = dtype, shared
         base.hold(held)
         t0 = time.perf_counter()
-        loss = run._loss_sum(run.model, batch) if trained else every_logit(batch)
+        loss = run._loss_sum(run.model, batch).sum() if trained else every_logit(batch)
         (loss / max(1, int(batch["labels"][:, 1:].ne(-100).sum()))).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

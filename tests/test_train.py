@@ -27,7 +27,7 @@ from sgpt.tokenize.instruct import chain_of_modality_examples, cross_modal_examp
 from sgpt.tokenize.pack import Inputs, PackConfig, Packer
 from sgpt.train.data import collate
 from sgpt.train.recipe import Run as TrainRun
-from sgpt.train.recipe import TrainConfig, TrainError, make_config
+from sgpt.train.recipe import SettingsError, TrainConfig, TrainError, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MORE = SENTENCES + [
@@ -202,17 +202,18 @@ def test_packed_batch_same_loss_and_gradients_as_the_padded_batch(lora):
     labels[2, 26:29] = -100
     assert shared_prefix(ids, mask) == prefix
 
-    def run(loss):
+    def run(loss):  # each row's loss, and the gradients of their sum
         model.zero_grad()
         value = loss()
-        value.backward()
+        value.sum().backward()
         return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                 if p.grad is not None}
 
     def every_logit():
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                 labels[:, 1:].reshape(-1), reduction="sum")
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+            reduction="none").view(len(ids), -1).sum(1)
 
     whole = run(every_logit)
     cpu = torch.device("cpu")
@@ -221,7 +222,7 @@ def test_packed_batch_same_loss_and_gradients_as_the_padded_batch(lora):
         packed = pack(ids, mask, labels, p, width)
         assert packed.input_ids.shape[0] == groups
         assert packed.computed == groups * packed.input_ids.shape[1] < ids.numel()
-        ways[f"{width} {p}"] = lambda packed=packed: packed_loss_sum(model, packed, cpu)
+        ways[f"{width} {p}"] = lambda packed=packed: packed_loss_sum(model, packed, 4, cpu)
     for way, loss in ways.items():
         ours = run(loss)
         torch.testing.assert_close(ours[0], whole[0], rtol=1e-6, atol=0, msg=way)
@@ -231,6 +232,37 @@ def test_packed_batch_same_loss_and_gradients_as_the_padded_batch(lora):
             assert scale > 0, name
             torch.testing.assert_close(ours[1][name], grad, rtol=0, atol=1e-6 * scale,
                                        msg=f"{way}: {name}")
+
+
+def test_loss_norm_data_averages_each_source_apart_and_weighs_it_by_its_records(data,
+                                                                                tmp_path):
+    """--loss-norm data: each --data directory's targets are averaged apart, then weighted
+    by the directory's share of the batch's sequences (a directory given twice is one
+    source, drawn twice as often); token: every target alike."""
+    from sgpt.train.data import Sequences, target_weights, trained_counts
+
+    copy = tmp_path / "s2-copy"
+    shutil.copytree(data["2"], copy)
+    seqs = Sequences([str(data["2"]), str(copy), str(data["2"])])
+    n = len(seqs) // 3
+    assert seqs.source.tolist() == [0] * n + [1] * n + [0] * n
+    idx = np.array([0, 1, 2, n, 2 * n + 3])  # source 0: 4 sequences, source 1: one
+    counts = trained_counts(seqs, idx).astype(float)
+    w = target_weights(seqs, idx, "data")
+    zero = np.array([True, True, True, False, True])
+    assert np.isclose((w * counts)[zero].sum(), 4 / 5) and np.isclose(w[3] * counts[3], 1 / 5)
+    assert np.allclose(w[zero], w[0]) and not np.isclose(w[3], w[0])
+    assert np.allclose(target_weights(seqs, idx, "token"), 1 / counts.sum())
+    cut = trained_counts(seqs, idx, max_length=20)
+    assert (cut <= counts).all() and (cut < counts).any()
+    with pytest.raises(SettingsError, match="loss-norm"):
+        make_config({}, dict(stage="cross-modal", model="m", data=["d"], output="o",
+                             loss_norm="task")).check()
+    out = tmp_path / "run"
+    train(stage="cross-modal", model=str(data["base"]), data=[str(data["2"]), str(copy)],
+          output=str(out), batch_size=4, max_steps=2, lr=3e-3, eval_fraction=0.0,
+          loss_norm="data")
+    assert all(np.isfinite(r["loss"]) for r in metrics(out) if "loss" in r)
 
 
 def test_bfloat16_holds_the_frozen_base_in_bfloat16_and_changes_no_number(data, tmp_path):
@@ -256,7 +288,7 @@ def test_bfloat16_holds_the_frozen_base_in_bfloat16_and_changes_no_number(data, 
 
     def step():
         model.zero_grad()
-        loss = run._loss_sum(model, batch)
+        loss = run._loss_sum(model, batch).sum()
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                if p.requires_grad}

@@ -74,6 +74,12 @@ def _comma_list(ctx, param, value):
 @click.option("--shared-prefix/--no-shared-prefix", default=None,
               help="Pack micro-batches: the leading tokens all sequences share (the system "
                    "prompt) computed once, no padding; same loss to rounding [on].")
+@click.option("--loss-norm", type=click.Choice(["token", "data"]), default=None,
+              help="token: the loss is the mean over the batch's trained tokens; data: each "
+                   "--data directory's tokens are averaged apart and weighted by its share "
+                   "of the batch's sequences, so ASR records (a few text tokens) weigh as "
+                   "much as TTS ones (many units) and repeating a --data sets the mix "
+                   "[token].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
               help="bfloat16: autocast, trainable weights and optimizer in float32, frozen "
                    "base weights held in bfloat16; auto: bfloat16 on CUDA and CPUs "

@@ -73,6 +73,12 @@ class Sequences:
                 # trained targets: mask over positions 1.. of each sequence
                 firsts = m[off[:-1]] if len(off) > 1 else np.zeros(0, np.int64)
                 trained.append(csum[off[1:]] - csum[off[:-1]] - firsts)
+        # the source of every sequence: its --data directory (a directory given twice is
+        # one source, seen twice as often)
+        names = {p: i for i, p in enumerate(dict.fromkeys(str(Path(p).resolve())
+                                                           for p in paths))}
+        self.source = np.concatenate([np.full(len(ds), names[str(Path(p).resolve())])
+                                      for p, ds in zip(paths, self.sets)]).astype(np.int64)
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         self.trained = np.concatenate(trained) if trained else np.zeros(0, np.int64)
 
@@ -179,12 +185,41 @@ def collate(seqs: Sequences, indices, pad_id: int, max_length: int | None = None
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def trained_tokens(seqs: Sequences, indices, max_length: int | None = None) -> int:
-    """How many targets a set of sequences has (the loss is divided by this)."""
+def trained_counts(seqs: Sequences, indices, max_length: int | None = None) -> np.ndarray:
+    """How many targets each of a set of sequences has."""
     if not max_length:
-        return int(seqs.trained[np.asarray(indices, dtype=np.int64)].sum())
-    return int(sum(int(collate(seqs, [i], 0, max_length)["labels"].ne(-100).sum())
-                   for i in indices))
+        return seqs.trained[np.asarray(indices, dtype=np.int64)]
+    return np.array([int(collate(seqs, [i], 0, max_length)["labels"].ne(-100).sum())
+                     for i in indices], dtype=np.int64)
+
+
+def trained_tokens(seqs: Sequences, indices, max_length: int | None = None) -> int:
+    """How many targets a set of sequences has."""
+    return int(trained_counts(seqs, indices, max_length).sum())
+
+
+LOSS_NORMS = ("token", "data")
+
+
+def target_weights(seqs: Sequences, indices, norm: str, max_length: int | None = None
+                   ) -> np.ndarray:
+    """The weight of each target of each sequence of a global batch in the step's loss.
+
+    ``token``: every target weighs the same (the loss is the mean over the batch's targets).
+    ``data``: each source's targets are averaged apart, and each source weighs its share of
+    the batch's sequences: a source whose records carry few targets (ASR: a short
+    transcript) counts as much per record as one whose records carry many (TTS: a unit
+    sequence), so the mix of --data directories sets the mix of tasks."""
+    indices = np.asarray(indices, dtype=np.int64)
+    counts = trained_counts(seqs, indices, max_length).astype(np.float64)
+    if norm == "token":
+        return np.full(len(indices), 1.0 / max(1.0, counts.sum()))
+    source = seqs.source[indices]
+    weights = np.zeros(len(indices))
+    for d in np.unique(source):
+        mine = source == d
+        weights[mine] = mine.sum() / len(indices) / max(1.0, counts[mine].sum())
+    return weights
 
 
 def batch_tokens(seqs: Sequences, indices, max_length: int | None = None) -> int:

@@ -62,6 +62,7 @@ from sgpt.lm.models import (
     vocab_rows,
 )
 from sgpt.train.data import (
+    LOSS_NORMS,
     DataError,
     Layout,
     Sequences,
@@ -72,6 +73,7 @@ from sgpt.train.data import (
     micro_batches,
     split,
     step_indices,
+    target_weights,
     trained_tokens,
 )
 
@@ -127,6 +129,7 @@ class TrainConfig:
     max_length: int | None = None         # cut sequences longer than this (tokens)
     gradient_checkpointing: bool = False
     shared_prefix: bool = True            # run the tokens a batch's rows share once
+    loss_norm: str = "token"              # token: all targets alike | data: per --data source
     dtype: str = "auto"                   # autocast dtype: auto | float32 | bfloat16
     device: str = "auto"
     seed: int = 0
@@ -157,6 +160,9 @@ class TrainConfig:
             raise SettingsError("need lr > 0, 0 <= warmup-ratio < 1, 0 <= eval-fraction < 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise SettingsError("--max-steps must be at least 1")
+        if self.loss_norm not in LOSS_NORMS:
+            raise SettingsError(f"--loss-norm must be one of {', '.join(LOSS_NORMS)} (got "
+                                f"{self.loss_norm})")
         if self.strategy not in STRATEGIES:
             raise SettingsError(f"--strategy must be ddp or fsdp (got {self.strategy})")
         if self.dtype not in ("auto", "float32", "bfloat16"):
@@ -468,6 +474,7 @@ class Packed:
     input_ids: torch.Tensor      # [groups, width]
     positions: torch.Tensor      # [groups, width]: each token's position in its own row
     mask: torch.Tensor           # [groups, 1, width, width]: True where a query sees a key
+    row: torch.Tensor            # [targets]: the batch row each target belongs to
     group: torch.Tensor          # [targets]: the packed row predicting each target
     column: torch.Tensor         # [targets]: index into ``columns``
     columns: torch.Tensor        # ascending columns whose logits are needed
@@ -519,8 +526,8 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Te
     rows, t = labels[:, 1:].ne(-100).nonzero(as_tuple=True)
     t = t + 1  # target t of row r is predicted at t - 1
     columns, column = torch.unique(where[rows, t - 1], return_inverse=True)
-    return Packed(ids, positions, mask[:, None], home[rows], column, columns, labels[rows, t],
-                  len(groups) * cols)
+    return Packed(ids, positions, mask[:, None], rows, home[rows], column, columns,
+                  labels[rows, t], len(groups) * cols)
 
 
 def upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -530,17 +537,19 @@ def upcast(logits: torch.Tensor) -> torch.Tensor:
 
 def loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:
-    """Sum of the cross-entropy over a batch's trained tokens (label -100: not trained;
-    label i is predicted at position i - 1)."""
+    """Sum of the cross-entropy over each row's trained tokens, ``[rows]`` (label -100: not
+    trained; label i is predicted at position i - 1)."""
     keep = labels[:, 1:].ne(-100).any(0).nonzero().squeeze(1)
     logits = trained_logits(model, input_ids, attention_mask, keep)
-    return F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]),
-                           labels[:, keep + 1].reshape(-1), ignore_index=-100,
-                           reduction="sum")
+    losses = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]),
+                             labels[:, keep + 1].reshape(-1), ignore_index=-100,
+                             reduction="none")
+    return losses.view(len(labels), -1).sum(1)
 
 
-def packed_loss_sum(model, packed: Packed, device: torch.device) -> torch.Tensor:
-    """``loss_sum`` of the batch ``packed`` holds (tensors moved to ``device``)."""
+def packed_loss_sum(model, packed: Packed, rows: int, device: torch.device) -> torch.Tensor:
+    """``loss_sum`` of the batch of ``rows`` rows that ``packed`` holds (tensors moved to
+    ``device``)."""
     mask = packed.mask.to(device)
     if getattr(model, "module", model).config._attn_implementation == "eager":
         mask = torch.zeros(mask.shape, device=device).masked_fill(  # eager adds its mask
@@ -548,7 +557,8 @@ def packed_loss_sum(model, packed: Packed, device: torch.device) -> torch.Tensor
     logits = trained_logits(model, packed.input_ids.to(device), mask,
                             packed.columns.to(device), packed.positions.to(device))
     logits = logits[packed.group.to(device), packed.column.to(device)]
-    return F.cross_entropy(upcast(logits), packed.targets.to(device), reduction="sum")
+    losses = F.cross_entropy(upcast(logits), packed.targets.to(device), reduction="none")
+    return losses.new_zeros(rows).index_add(0, packed.row.to(device), losses)
 
 
 def make_optimizer(params: dict[str, torch.nn.Parameter], config: TrainConfig):
@@ -786,7 +796,7 @@ class Run:
         return autocast(self.device, self.autocast_dtype)
 
     def _loss_sum(self, model, batch: dict) -> torch.Tensor:
-        """Sum of the cross-entropy over the batch's trained tokens."""
+        """Sum of the cross-entropy over each row's trained tokens, ``[rows]``."""
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         packed = None
         if self.share_prefix and len(ids) > 1:
@@ -797,7 +807,7 @@ class Run:
             if packed is None:
                 return loss_sum(model, ids.to(self.device), mask.to(self.device),
                                 labels.to(self.device))
-            return packed_loss_sum(model, packed, self.device)
+            return packed_loss_sum(model, packed, len(ids), self.device)
 
     @torch.no_grad()
     def evaluate(self, model) -> float | None:
@@ -814,7 +824,7 @@ class Run:
             part = mine[r * b:(r + 1) * b]
             batch = collate(self.eval_data, part if len(part) else self.eval_idx[:1],
                             self.pad_id, self.config.max_length)
-            loss = float(self._loss_sum(model, batch))
+            loss = float(self._loss_sum(model, batch).sum())
             if len(part):
                 total += loss
                 count += int(batch["labels"][:, 1:].ne(-100).sum())
@@ -831,9 +841,11 @@ class Run:
             return bool(stop)
         return self.dist.sum([1.0 if stop else 0.0])[0] > 0
 
-    def _accumulate(self, model, wrapped, micro: list, denom: int, fsdp: bool) -> float:
-        """Forward and backward over this process's micro-batches of a step, gradients
-        synchronized on the last; the summed loss."""
+    def _accumulate(self, model, wrapped, micro: list, weight: dict[int, float],
+                    fsdp: bool) -> float:
+        """Forward and backward over this process's micro-batches of a step, each row's
+        targets weighted by ``weight[sequence]``, gradients synchronized on the last; the
+        summed loss."""
         step_loss = 0.0
         for a, mb in enumerate(micro):
             batch = collate(self.data, mb, self.pad_id, self.config.max_length)
@@ -844,9 +856,11 @@ class Run:
             elif not sync:
                 ctx = wrapped.no_sync()
             with ctx:
-                loss = self._loss_sum(wrapped, batch)
-                (loss * self.dist.world / max(1, denom)).backward()
-            step_loss += float(loss.detach())
+                losses = self._loss_sum(wrapped, batch)
+                w = torch.tensor([weight[int(i)] for i in mb], dtype=losses.dtype,
+                                 device=losses.device)
+                ((losses * w).sum() * self.dist.world).backward()
+            step_loss += float(losses.detach().sum())
         return step_loss
 
     def train(self, advance: Callable[[int], None] = lambda n: None) -> dict:
@@ -891,12 +905,14 @@ class Run:
                 t0 = time.perf_counter()
                 indices = step_indices(self.train_idx, self.layout, config.seed, step)
                 denom = trained_tokens(self.data, indices, config.max_length)
+                weight = dict(zip(indices.tolist(), target_weights(
+                    self.data, indices, config.loss_norm, config.max_length).tolist()))
                 lr = lr_at(step, self.total_steps, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 torch.manual_seed(config.seed * 1_000_003 + step * dist.world + dist.rank)
                 micro = micro_batches(indices, self.layout, dist.rank)
-                step_loss = self._accumulate(model, wrapped, micro, denom, fsdp)
+                step_loss = self._accumulate(model, wrapped, micro, weight, fsdp)
                 if config.max_grad_norm > 0:
                     clip_grad_norm(params.values(), config.max_grad_norm, dist, sharded=fsdp)
                 optimizer.step()
