@@ -81,6 +81,12 @@ def test_asr_word_error_rate_by_hand():
     assert per["c"]["errors"] == 1 and per["c"]["words"] == 3
     assert s.summary["groups"]["x"]["wer"] == pytest.approx(1 / 6)
     assert s.summary["groups"]["y"]["wer"] == pytest.approx(2 / 5)
+    both = score_asr([{**a, "set": "g" if a["id"] == "b" else "v"} for a in answers],
+                     group_by=["voice", "set,voice"]).summary["groups"]
+    assert both.keys() == {"x", "y", "v/x", "g/y", "v/y"}
+    assert both["g/y"]["wer"] == 0.5 and both["v/y"]["wer"] == pytest.approx(1 / 3)
+    assert both["y"] == s.summary["groups"]["y"]
+    assert set(score_asr(answers, group_by=["set", "voice"]).summary["groups"]) == {"x", "y"}
 
 
 def test_asr_references_file_scores_missing_answers_as_empty():
@@ -124,9 +130,31 @@ def test_asr_bad_answers_are_errors_naming_them():
     ("don't", "I dont know", False),
     ("yellow", "", False),
     ("?", "?", False),                            # an empty reference matches nothing
+    ("twelve", "A dozen is 12.", True),           # a number before a full stop
+    (["Bern", "Berne"], "It is Berne.", True),    # accepted alternatives: any one will do
+    (["Bern", "Berne"], "It is Zurich.", False),
+    ([], "anything", False),
 ])
 def test_answer_matching_rules(reference, answer, correct):
     assert answer_matches(reference, answer) is correct
+
+
+def test_text_questions_scored_on_lists_of_accepted_answers():
+    refs = [{"id": "a", "text": "What is the capital of Switzerland?", "answer": ["Bern", "Berne"]},
+            {"id": "b", "text": "What is the capital of Peru?", "answer": "Lima"},
+            {"id": "c", "text": "?", "answer": ["Rome", ""]},  # an empty alternative: bad
+            {"id": "d", "text": "?", "answer": [1]}]
+    answers = [{"id": "a", "task": "chat", "text": "Berne.", "prompt": {"text": refs[0]["text"]}},
+               {"id": "b", "task": "chat", "text": "Cusco.", "prompt": {"text": refs[1]["text"]}}]
+    s = score_qa(answers, references=refs, figure="general questions: key answer kept")
+    assert {e.where for e in s.errors} == {"c", "d"}
+    assert s.summary["text_correct_count"] == 1 and s.summary["questions"] == 2
+    assert "transcript_wer" not in s.summary and "heard" not in s.summary  # no spoken question
+    assert report_rows({"out/knowledge.json": s.summary}) == [
+        ("general questions: key answer kept", "50.0 %", "1 of 2", "knowledge.json")]
+    # asr and judged references stay single texts
+    bad = score_asr([{"id": "x", "task": "asr", "text": "a", "reference": ["a", "b"]}])
+    assert [e.where for e in bad.errors] == ["x"] and not bad.records
 
 
 def test_qa_text_and_spoken_answers_with_a_command_judge(tmp_path):
@@ -223,12 +251,14 @@ def test_prepare_test_sets(tmp_path):
     recs = [{"id": "s", "audio": "w.wav", "text": "Hello."},
             {"id": "gone", "audio": "missing.wav", "text": "Hello."},
             {"id": "q", "audio": "w.wav", "text": "Why?", "question": "Why?", "answer": "yes"},
-            {"id": "noanswer", "audio": "w.wav", "question": "Why?"}]
+            {"id": "noanswer", "audio": "w.wav", "question": "Why?"},
+            {"id": "either", "audio": "w.wav", "question": "Why?", "answer": ["yes", "so"]},
+            {"id": "emptyalt", "audio": "w.wav", "question": "Why?", "answer": ["yes", "!"]}]
     errors = []
     out = prepare_test_set(recs, "qa", str(tmp_path), errors)
-    assert [r["id"] for r in out] == ["q"] and "text" not in out[0]
+    assert [r["id"] for r in out] == ["q", "either"] and "text" not in out[0]
     assert out[0]["audio"] == str(tmp_path / "w.wav")
-    assert {e.where for e in errors} == {"s", "gone", "noanswer"}
+    assert {e.where for e in errors} == {"s", "gone", "noanswer", "emptyalt"}
     assert [r["id"] for r in prepare_test_set(recs[:2], "sentences", str(tmp_path))] == ["s"]
 
 
@@ -310,11 +340,18 @@ def test_cli_judged_with_a_judge_command_and_the_report(tmp_path):
 
 def test_report_table_of_each_kind():
     table = render_report({
-        "asr.json": {"task": "asr", "wer": 0.125, "utterances": 2, "words": 16},
+        "asr.json": {"task": "asr", "wer": 0.125, "utterances": 2, "words": 16,
+                     "groups": {"grammar/en-gb": {"wer": 0.25, "utterances": 1}}},
+        "tts.json": {"task": "judged", "wer": 0.5, "judge": "whisper-base",
+                     "groups": {"varied": {"wer": 0.5, "utterances": 3}},
+                     "original": {"wer": 0.2, "groups": {"varied": {"wer": 0.2}}}},
         "qa.json": {"task": "qa", "questions": 4, "text_correct": 0.5, "text_correct_count": 2,
                     "speech_correct": 0.25, "speech_correct_count": 1, "judge": "whisper-base",
                     "original_questions": {"wer": 0.1}}})
     assert "| ASR word error rate | 12.5 % | 2 utterances, 16 words | asr.json |" in table
+    assert "| ASR word error rate: grammar/en-gb | 25.0 % | 1 utterances | asr.json |" in table
+    assert "| judged word error rate: varied | 50.0 % | 3 utterances; judge on the original " \
+           "audio: 20.0 % | tts.json |" in table
     assert "| spoken QA: spoken answer correct | 25.0 % | 1 of 4 (whisper-base); judge WER " \
            "on the question audio: 10.0 % | qa.json |" in table
 
@@ -389,12 +426,15 @@ def test_makefile_runs_every_target_on_a_tiny_random_model(tmp_path, tiny_model)
     qa = jsonl(tmp_path / "qa.jsonl", [
         {"id": "q1", "audio": "q1.wav", "question": "What colour is a banana?",
          "answer": "yellow", "text": "What colour is a banana?", "voice": "en-gb"}])
+    knowledge = jsonl(tmp_path / "knowledge.jsonl", [
+        {"id": "k1", "text": "What do bees make?", "answer": "honey"},
+        {"id": "k2", "text": "What is the capital of Switzerland?", "answer": ["Bern", "Berne"]}])
     out = tmp_path / "out"
     judge = fake_judge(tmp_path, {"s1.wav": "the red door is open", "s2.wav": "my sister"})
     bin_dir = str(Path(sys.executable).parent) + "/"
     args = [f"MODEL={model}", "ENCODER=mfcc", f"KMEANS={kmeans}", f"VOCODER={vocoder}",
             f"SENTENCES={sentences}", f"TTS_SENTENCES={sentences}", f"QA={qa}",
-            f"AUDIO_ROOT={data}", f"OUT={out}",
+            f"KNOWLEDGE_TEST={knowledge}", f"AUDIO_ROOT={data}", f"OUT={out}",
             f"JUDGE_CMD={judge}", "MAX_NEW_TOKENS=24", "DEVICE=cpu", f"BIN={bin_dir}",
             f"PY={sys.executable}"]
     r = subprocess.run(["make", "-C", str(ROOT / "examples" / "eval"), *args],
@@ -402,7 +442,8 @@ def test_makefile_runs_every_target_on_a_tiny_random_model(tmp_path, tiny_model)
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"asr.json", "tts.json", "tts-units.json", "qa.json", "qa-units.json"}
+    assert set(report) == {"asr.json", "tts.json", "tts-units.json", "qa.json", "qa-units.json",
+                           "knowledge.json"}
     asr = report["asr.json"]
     assert asr["utterances"] == 2 and asr["words"] == 11 and set(asr["groups"]) == {"en-gb",
                                                                                      "en-us"}
@@ -414,6 +455,13 @@ def test_makefile_runs_every_target_on_a_tiny_random_model(tmp_path, tiny_model)
     assert "unit_edit" in report["tts-units.json"]
     table = (out / "report.md").read_text()
     assert "| ASR word error rate |" in table and "| spoken QA: text answer correct |" in table
+    assert "| general questions: key answer kept |" in table and " of 2 | knowledge.json |" in table
+    # the general questions went in as text, answered greedily in text
+    known = [json.loads(line)
+             for line in (out / "knowledge.answers.jsonl").read_text().splitlines()]
+    assert [a["prompt"]["text"] for a in known] == ["What do bees make?",
+                                                    "What is the capital of Switzerland?"]
+    assert "--task chat --greedy --max-new-tokens 64" in r.stdout
     # the spoken question went in as units alone, its text kept as the question
     (answer,) = [json.loads(line) for line in (out / "qa.answers.jsonl").read_text().splitlines()]
     assert answer["prompt"].get("text") is None and answer["question"].startswith("What")

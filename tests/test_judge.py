@@ -68,6 +68,7 @@ def speech(tmp_path_factory):
     ("5% of 100", "five percent of one hundred"),
     ("room 7b", "room seven b"),
     ("pi is 3.14", "pi is 3 14"),
+    ("A dozen is 12. Or 13.", "a dozen is twelve or thirteen"),
     ("", ""),
 ])
 def test_normalize_text(text, expected):

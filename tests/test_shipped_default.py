@@ -50,13 +50,21 @@ def test_the_recipe_at_a_very_small_scale_makes_a_default_the_tools_use(tmp_path
     out, dest = tmp_path / "out", tmp_path / "default"
     make = ["make", "-C", str(ROOT / "examples" / "tiny"), "SCALE=tiny", f"OUT={out}",
             f"DEST={dest}", f"BIN={Path(sys.executable).parent}"]
-    for target in ("all", "install"):
+    for target in ("all", "install", str(out / "speech" / "test-sentences.jsonl")):
         r = subprocess.run([*make, target], capture_output=True, text=True, timeout=1200,
                            env=user_env())
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # stage 4 ran its two rounds, the second from the first's adapter
     assert (out / "s4" / "sgpt_model.json").is_file()
     assert f"model: {out / 's4'}\n" in (out / "s4-2" / "train_config.yaml").read_text()
+    # the joint stage ran from stage 4's last round, its tasks weighed apart
+    joint = (out / "joint" / "train_config.yaml").read_text()
+    assert f"model: {out / 's4-2'}\n" in joint and "loss_norm: data\n" in joint, joint
+    # the held-out sentences, of the grammar and varied, by each held-out voice
+    tests = [json.loads(line) for line in
+             (out / "speech" / "test-sentences.jsonl").read_text().splitlines()]
+    assert {(r["set"], r["voice"]) for r in tests} == {
+        (s, v) for s in ("grammar", "varied") for v in ("en-gb-scotland", "flite:rms")}
     meta = json.loads((dest / "default.json").read_text())
     assert (meta["encoder"], meta["k"]) == ("whisper", 20)
     model = json.loads((dest / "model" / "sgpt_model.json").read_text())

@@ -9,9 +9,13 @@ ASR judge has a fair chance to write them back.
 
     python3 sentences.py -n 300 --seed 0 > sentences.txt
     python3 sentences.py --source fortunes -n 3000 --seed 0 > varied.txt
+    python3 sentences.py --source fortunes -n 500 --max-words 12 --jsonl v > varied.jsonl
+
+--jsonl PREFIX prints records {"id": PREFIX + number, "text"} instead of lines.
 """
 
 import argparse
+import json
 import os
 import random
 import re
@@ -68,7 +72,8 @@ def sentences(n: int, seed: int) -> list[str]:
     return out
 
 
-def fortune_sentences(n: int, seed: int, directory: str = FORTUNES) -> list[str]:
+def fortune_sentences(n: int, seed: int, directory: str = FORTUNES,
+                      max_words: int = 24) -> list[str]:
     """N distinct plain sentences from the fortunes files, drawn in a seeded order."""
     found: set[str] = set()
     for name in FORTUNE_FILES:
@@ -82,7 +87,7 @@ def fortune_sentences(n: int, seed: int, directory: str = FORTUNES) -> list[str]
                             if not line.strip().startswith("--"))
             for sentence in re.split(r"(?<=[.?!])\s+", text.replace("  ", " ")):
                 sentence = sentence.strip()
-                if _PLAIN.match(sentence) and 6 <= len(sentence.split()) <= 24:
+                if _PLAIN.match(sentence) and 6 <= len(sentence.split()) <= max_words:
                     found.add(sentence)
     if not found:
         sys.exit(f"no sentences in {directory}: install Debian's fortunes package")
@@ -98,10 +103,16 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", choices=("grammar", "fortunes"), default="grammar")
+    ap.add_argument("--max-words", type=int, default=24,
+                    help="fortunes: the longest sentence kept, in words (at least 6)")
+    ap.add_argument("--jsonl", metavar="PREFIX", help="print JSONL records, ids PREFIX0000...")
     args = ap.parse_args()
-    make = fortune_sentences if args.source == "fortunes" else sentences
-    for line in make(args.n, args.seed):
-        print(line)
+    if args.source == "fortunes":
+        lines = fortune_sentences(args.n, args.seed, max_words=args.max_words)
+    else:
+        lines = sentences(args.n, args.seed)
+    for i, line in enumerate(lines):
+        print(json.dumps({"id": f"{args.jsonl}{i:04d}", "text": line}) if args.jsonl else line)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ from sgpt.evaluate.scores import (
 TOOL = "sgpt-evaluate"
 
 
+GROUP_HELP = ("Also score each value of this record key apart (e.g. voice); KEY,KEY: each "
+              "combination of values (e.g. set,voice); repeatable.")
+
+
 def _read(sources: Sequence[str], errors: list[RecordError]) -> list[dict]:
     return unique_records(read_records(sources), errors)
 
@@ -161,7 +165,7 @@ def prepare(kind, inputs, audio_root):
 
 @cli.command()
 @scoring_options
-@click.option("--group-by", metavar="KEY", help="Also score each value of this key apart.")
+@click.option("--group-by", metavar="KEY[,KEY]", multiple=True, help=GROUP_HELP)
 @run_tool(TOOL)
 def asr(inputs, references, ref_key, summary_file, per_record, group_by):
     """WER of task-asr answers ('text') against references.
@@ -179,7 +183,7 @@ def asr(inputs, references, ref_key, summary_file, per_record, group_by):
 @click.option("--original", metavar="RECORDS",
               help="The original recordings of the same sentences ('audio' + 'text'), "
                    "judged alike: the judge's own WER, reported beside.")
-@click.option("--group-by", metavar="KEY", help="Also score each value of this key apart.")
+@click.option("--group-by", metavar="KEY[,KEY]", multiple=True, help=GROUP_HELP)
 @run_tool(TOOL)
 def judged(inputs, references, ref_key, summary_file, per_record, judge, judge_cmd,
            batch_size, original, group_by):
@@ -208,20 +212,24 @@ def judged(inputs, references, ref_key, summary_file, per_record, judge, judge_c
                    "reported beside.")
 @click.option("--question-key", default="question", show_default=True,
               help="Key of the question's text (for the transcript's WER).")
+@click.option("--figure", metavar="NAME",
+              help="The report's name for the share of correct text answers (default: "
+                   "'spoken QA: text answer correct').")
 @run_tool(TOOL)
 def qa(inputs, references, ref_key, summary_file, per_record, judge, judge_cmd,
-       batch_size, speech, no_speech, original, question_key):
+       batch_size, speech, no_speech, original, question_key, figure):
     """Spoken QA: share of correct text answers and spoken answers.
 
     An answer is correct when the normalized reference answer occurs in it as whole words
-    (the spoken one: in the judge's transcript of its audio). The reference:
-    --references RECORDS ('answer', or --ref-key), else the answer's 'reference', else
-    its 'answer' (passed through from the question record).
+    (the spoken one: in the judge's transcript of its audio); a reference may be a list of
+    accepted answers (any one will do). The reference: --references RECORDS ('answer', or
+    --ref-key), else the answer's 'reference', else its 'answer' (passed through from the
+    question record). Text questions (no units) are scored alike, with --no-speech.
     """
     def score(answers, load, reporter):
         refs, spoken, orig = load(references), load(speech), load(original)
         j = None if no_speech else judge_of(judge, judge_cmd, batch_size, reporter)
-        return score_qa(answers, j, spoken, refs, ref_key, question_key, orig)
+        return score_qa(answers, j, spoken, refs, ref_key, question_key, orig, figure)
 
     return _score(inputs, summary_file, per_record, score)
 
@@ -296,8 +304,7 @@ def report(summaries, json_file):
               help="Files per Whisper batch.")
 @click.option("--summary", "summary_file", metavar="FILE.json",
               help="Also write the summary here.")
-@click.option("--group-by", metavar="KEY",
-              help="Also score each value of this record key apart (e.g. voice).")
+@click.option("--group-by", metavar="KEY[,KEY]", multiple=True, help=GROUP_HELP)
 @run_tool(TOOL)
 def judge(inputs, kind, judge_cmd, ref_key, batch_size, summary_file, group_by):
     """Transcribe the 'audio' of records with the offline ASR judge and score the transcripts

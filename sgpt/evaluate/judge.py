@@ -82,7 +82,7 @@ def number_words(n: int) -> str:
 
 
 _GROUPED = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
-_INTEGER = re.compile(r"(?<![\d.])\d+(?![\d.]|\.\d)")
+_INTEGER = re.compile(r"(?<!\d)(?<!\d\.)\d+(?!\d|\.\d)")  # not a decimal's part
 _NOT_WORD = re.compile(r"[^\w']+|(?<!\w)'|'(?!\w)|_")
 
 
@@ -314,12 +314,34 @@ def make_judge(kind: str = "whisper", command: str | None = None, **kwargs):
 # sgpt-evaluate judge: judge records that carry 'audio' and a reference text
 
 
+def group_names(record: dict, group_by: str | Sequence[str] | None) -> list[str]:
+    """The groups a record is scored in: one per grouping of ``group_by``, each a key or
+    comma-separated keys (dotted keys read nested objects), named by the record's values
+    joined by "/": ``["set,voice"]`` puts a record in "grammar/en-gb-scotland". A record
+    that lacks a grouping's key is left out of that grouping."""
+    if not group_by:
+        return []
+    names = []
+    for grouping in [group_by] if isinstance(group_by, str) else group_by:
+        values = []
+        for key in grouping.split(","):
+            value = record
+            for part in key.strip().split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            values.append(value)
+        if all(v is not None for v in values):
+            names.append("/".join(map(str, values)))
+    return names
+
+
 def judge_records(records: list[dict], judge, ref_key: str = "text",
-                  group_by: str | None = None, hyps: list[str] | None = None) -> dict:
+                  group_by: str | Sequence[str] | None = None,
+                  hyps: list[str] | None = None) -> dict:
     """Add ``judge_text`` to each record (in place); return the WER summary over them.
 
     With ``group_by``, the summary also holds ``groups``: one WER summary per value of that
-    record key (e.g. per voice). ``hyps``: the transcripts, when the caller has them already.
+    record key (e.g. per voice; ``group_names``). ``hyps``: the transcripts, when the caller
+    has them already.
     """
     if hyps is None:
         hyps = judge.transcribe([r["audio"] for r in records])
@@ -327,10 +349,11 @@ def judge_records(records: list[dict], judge, ref_key: str = "text",
         r["judge_text"] = h
     summary = word_error_rate([r[ref_key] for r in records], hyps)
     summary.update(utterances=len(records), judge=judge.name, normalization="sgpt.evaluate.judge")
-    if group_by is not None:
+    if group_by:
         groups: dict[str, list[dict]] = {}
         for r in records:
-            groups.setdefault(str(r.get(group_by)), []).append(r)
+            for name in group_names(r, group_by):
+                groups.setdefault(name, []).append(r)
         summary["groups"] = {
             g: dict(word_error_rate([r[ref_key] for r in rs], [r["judge_text"] for r in rs]),
                     utterances=len(rs))

@@ -14,11 +14,12 @@ Every score reads the answer records of ``sgpt-generate`` (and of ``sgpt-vocode`
   is from the recordings it learned from.
 - ``score_qa``: a text answer is correct when the normalized reference answer occurs in the
   normalized text answer as whole words ("paris" is in "the capital is paris", not in
-  "parisian"); a spoken answer is correct when it occurs so in the judge's transcript of the
-  answer's audio. Also the WER of the model's own transcript of the spoken question (chain of
-  modality writes it first), the questions it transcribed word for word (``heard``) and how
-  many of those it answered right in text (hearing and knowing apart), and the judge's WER on
-  the question recordings.
+  "parisian"; a reference may be a list of accepted answers, any one of which will do); a
+  spoken answer is correct when it occurs so in the judge's transcript of the answer's audio.
+  Also the WER of the model's own transcript of the spoken question (chain of modality writes
+  it first), the questions it transcribed word for word (``heard``) and how many of those it
+  answered right in text (hearing and knowing apart), and the judge's WER on the question
+  recordings. Text questions are scored alike (``examples/eval``'s general questions).
 - ``score_units``: unit edit distance (Levenshtein over deduplicated units, summed over
   pairs, over the summed reference length) between generated units and reference units, and
   throughput. ``sgpt-generate`` writes no timing into its records, so throughput is the
@@ -48,6 +49,7 @@ from sgpt.core.errors import RecordError, SgptError, first_line
 from sgpt.evaluate.judge import (
     JudgeError,
     edit_distance,
+    group_names,
     make_judge,
     normalize_text,
     word_error_rate,
@@ -56,6 +58,7 @@ from sgpt.evaluate.judge import (
 NORMALIZATION = ("sgpt.evaluate.judge.normalize_text: NFKC, lowercase, numbers 0-999,999 "
                  "spelled out, '%' as 'percent', punctuation except in-word apostrophes "
                  "removed")
+QA_FIGURE = "spoken QA: text answer correct"
 TIMING_NOTE = ("sgpt-generate writes no timing: seconds is the wall time measured around the "
                "generation (model loading included); units/s counts answer units, one LLM "
                "token each, not the few marker and text tokens around them")
@@ -106,30 +109,36 @@ class Item:
     """One thing to score: its id, reference, and answer record (None: no answer came)."""
 
     id: str
-    reference: str
+    reference: str | list[str]  # a list: accepted alternatives (QA)
     answer: dict | None
     source: dict  # the record the reference came from (the answer, or the test set's)
 
 
-def _check_reference(rid: str, value, key: str) -> str:
-    if not isinstance(value, str):
+def _check_reference(rid: str, value, key: str, alternatives: bool = False):
+    """``value`` if it is a reference text (with ``alternatives``, also a list of them: any
+    one is right); RecordError naming ``rid`` if not."""
+    texts = value if alternatives and isinstance(value, list) and value else [value]
+    if not all(isinstance(v, str) for v in texts):
         raise RecordError(rid, f"no reference text (looked for {key})")
-    if not normalize_text(value):
-        raise RecordError(rid, f"reference {value!r} is empty after normalization")
+    for v in texts:
+        if not normalize_text(v):
+            raise RecordError(rid, f"reference {v!r} is empty after normalization")
     return value
 
 
 def pair_references(answers: list[dict], references: list[dict] | None,
                     answer_keys: Sequence[str], reference_key: str,
-                    errors: list[RecordError]) -> list[Item]:
-    """Pair answers with references (see the module docstring); errors for bad ones."""
+                    errors: list[RecordError], alternatives: bool = False) -> list[Item]:
+    """Pair answers with references (see the module docstring); errors for bad ones.
+    ``alternatives``: a reference may be a list of accepted texts (QA keys)."""
     items = []
     if references is None:
         for a in answers:
             value = next((v for v in (lookup(a, k) for k in answer_keys) if v is not None),
                          None)
             try:
-                ref = _check_reference(a["id"], value, " or ".join(map(repr, answer_keys)))
+                ref = _check_reference(a["id"], value, " or ".join(map(repr, answer_keys)),
+                                       alternatives)
             except RecordError as e:
                 errors.append(e)
                 continue
@@ -139,7 +148,7 @@ def pair_references(answers: list[dict], references: list[dict] | None,
     for r in references:
         try:
             ref = _check_reference(r["id"], lookup(r, reference_key),
-                                   f"{reference_key!r} in the references")
+                                   f"{reference_key!r} in the references", alternatives)
         except RecordError as e:
             errors.append(e)
             by_id.pop(r["id"], None)
@@ -175,13 +184,13 @@ def _wer_summary(refs: list[str], hyps: list[str]) -> dict:
     return out
 
 
-def _groups(rows: list[dict], group_by: str, sources: list[dict]) -> dict:
+def _groups(rows: list[dict], group_by: str | Sequence[str], sources: list[dict]) -> dict:
     groups: dict[str, tuple[list[str], list[str]]] = {}
     for row, src in zip(rows, sources):
-        value = lookup(src, group_by)
-        refs, hyps = groups.setdefault(str(value), ([], []))
-        refs.append(row["reference"])
-        hyps.append(row["hypothesis"])
+        for name in group_names(src, group_by):
+            refs, hyps = groups.setdefault(name, ([], []))
+            refs.append(row["reference"])
+            hyps.append(row["hypothesis"])
     return {g: _wer_summary(r, h) for g, (r, h) in sorted(groups.items())}
 
 
@@ -223,9 +232,11 @@ def prepare_test_set(records: list[dict], kind: str, audio_root: str | None = No
         if not os.path.isfile(audio):
             errors.append(RecordError(r["id"], f"{audio}: no such audio file"))
             continue
-        bad = [k for k in keys if not isinstance(r.get(k), str) or not normalize_text(r[k])]
-        if bad:
-            errors.append(RecordError(r["id"], f"needs a non-empty '{bad[0]}'"))
+        try:
+            for k in keys:
+                _check_reference(r["id"], r.get(k), repr(k), alternatives=k == "answer")
+        except RecordError:
+            errors.append(RecordError(r["id"], f"needs a non-empty '{k}'"))
             continue
         rec = {**r, "audio": audio}
         if kind == "qa":
@@ -239,7 +250,7 @@ def prepare_test_set(records: list[dict], kind: str, audio_root: str | None = No
 
 
 def score_asr(answers: list[dict], references: list[dict] | None = None,
-              ref_key: str | None = None, group_by: str | None = None) -> Scores:
+              ref_key: str | None = None, group_by: str | Sequence[str] | None = None) -> Scores:
     """WER of ``task: asr`` answers (their ``text``) against the references."""
     errors: list[RecordError] = []
     asr = []
@@ -328,7 +339,8 @@ def _audio(record: dict | None, key: str = "audio") -> str | None:
 
 
 def judge_original(original: list[dict], ids: Iterable[str], judge, text_key: str,
-                   errors: list[RecordError], group_by: str | None = None) -> dict | None:
+                   errors: list[RecordError], group_by: str | Sequence[str] | None = None
+                   ) -> dict | None:
     """The judge's WER on the original recordings (``audio`` + ``text_key``) of ``ids``
     (with ``group_by``: also per value of that key of the original records)."""
     wanted = set(ids)
@@ -372,7 +384,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 def score_judged(answers: list[dict], judge, references: list[dict] | None = None,
                  ref_key: str | None = None, original: list[dict] | None = None,
-                 original_key: str = "text", group_by: str | None = None) -> Scores:
+                 original_key: str = "text", group_by: str | Sequence[str] | None = None) -> Scores:
     """The judge's WER on the answers' ``audio``, next to its WER on the original audio."""
     errors: list[RecordError] = []
     keys = [ref_key] if ref_key else ["reference", "prompt.text"]
@@ -424,10 +436,12 @@ def score_judged(answers: list[dict], judge, references: list[dict] | None = Non
 # Spoken question answering
 
 
-def answer_matches(reference: str, answer: str) -> bool:
-    """Whether the normalized ``reference`` occurs as whole words in the normalized ``answer``."""
-    ref = normalize_text(reference)
-    return bool(ref) and f" {ref} " in f" {normalize_text(answer)} "
+def answer_matches(reference: str | Sequence[str], answer: str) -> bool:
+    """Whether the normalized ``reference`` occurs as whole words in the normalized ``answer``;
+    a list of references holds accepted alternatives (``["Bern", "Berne"]``): any one will do."""
+    text = f" {normalize_text(answer)} "
+    refs = [reference] if isinstance(reference, str) else reference
+    return any((ref := normalize_text(r)) and f" {ref} " in text for r in refs)
 
 
 def _qa_row(item: Item, question_key: str, errors: list[RecordError]) -> dict | None:
@@ -475,17 +489,20 @@ def _judge_spoken_answers(rows: list[dict], audio_of: dict[str, str | None], jud
 
 def score_qa(answers: list[dict], judge=None, speech: list[dict] | None = None,
              references: list[dict] | None = None, ref_key: str | None = None,
-             question_key: str = "question", original: list[dict] | None = None) -> Scores:
+             question_key: str = "question", original: list[dict] | None = None,
+             figure: str | None = None) -> Scores:
     """Share of correct text answers and (with a judge) spoken answers.
 
     ``speech``: the answers after ``sgpt-vocode`` (records with ``audio``), matched by id;
     without it an answer's own ``audio`` is judged. An answer without audio is wrong spoken.
     ``original``: the question records (``audio`` + ``question_key``), for the judge's WER
-    on the question recordings.
+    on the question recordings. ``figure``: the report's name for the share of correct text
+    answers (default: spoken QA's), e.g. of text questions whose key answer a tuned model kept.
     """
     errors: list[RecordError] = []
     keys = [ref_key] if ref_key else ["reference", "answer", "prompt.answer"]
-    items = pair_references(answers, references, keys, ref_key or "answer", errors)
+    items = pair_references(answers, references, keys, ref_key or "answer", errors,
+                            alternatives=True)
     audio_of: dict[str, str | None] = {}
     for item in items:
         audio_of[item.id] = _audio(item.answer)
@@ -496,6 +513,8 @@ def score_qa(answers: list[dict], judge=None, speech: list[dict] | None = None,
     rows = [row for item in items
             if (row := _qa_row(item, question_key, errors)) is not None]
     summary: dict = {"task": "qa", "questions": len(rows)}
+    if figure:
+        summary["figure"] = figure
     if rows:
         right = sum(r["text_correct"] for r in rows)
         summary.update(text_correct=right / len(rows), text_correct_count=right)
@@ -584,6 +603,18 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
+def _group_rows(figure: str, s: dict, name: str) -> list[tuple[str, str, str, str]]:
+    """A WER summary's groups (--group-by), a row each, beside the original's where known."""
+    original = (s.get("original") or {}).get("groups", {})
+    rows = []
+    for group, g in s.get("groups", {}).items():
+        beside = f"{g['utterances']} utterances"
+        if group in original:
+            beside += f"; judge on the original audio: {_pct(original[group]['wer'])}"
+        rows.append((f"{figure}: {group}", _pct(g["wer"]), beside, name))
+    return rows
+
+
 def report_rows(summaries: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     """(figure, value, next to it, source) for each summary (keyed by its file)."""
     rows = []
@@ -593,6 +624,7 @@ def report_rows(summaries: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         if task == "asr" and "wer" in s:
             rows.append(("ASR word error rate", _pct(s["wer"]),
                          f"{s['utterances']} utterances, {s['words']} words", name))
+            rows += _group_rows("ASR word error rate", s, name)
         elif task == "judged" and "wer" in s:
             orig = s.get("original")
             beside = (f"judge on the original audio: {_pct(orig['wer'])}; ratio "
@@ -602,8 +634,9 @@ def report_rows(summaries: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                       "no original audio given")
             rows.append((f"judged word error rate ({s['judge']})", _pct(s["wer"]), beside,
                          name))
+            rows += _group_rows("judged word error rate", s, name)
         elif task == "qa":
-            rows.append(("spoken QA: text answer correct", _pct(s.get("text_correct")),
+            rows.append((s.get("figure") or QA_FIGURE, _pct(s.get("text_correct")),
                          f"{s.get('text_correct_count', 0)} of {s['questions']}", name))
             if "speech_correct" in s:
                 orig = s.get("original_questions")

