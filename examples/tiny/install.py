@@ -90,12 +90,17 @@ def main() -> None:
     ap.add_argument("--model", required=True,
                     help="the model directory under --out (`make install`: the last stage's)")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    ap.add_argument("--vocoder", help="ship this installed vocoder directory (e.g. the shipped "
+                    "default's, kept as it is) instead of training's OUT/vocoder")
     args = ap.parse_args()
     dest = os.path.abspath(args.dest)
     tmp = tempfile.mkdtemp(prefix=".default.", dir=os.path.dirname(dest))
     meta = install_model(os.path.join(args.out, args.model), os.path.join(tmp, "model"),
                          getattr(torch, args.dtype))
-    install_vocoder(os.path.join(args.out, "vocoder"), os.path.join(tmp, "vocoder"))
+    if args.vocoder:
+        shutil.copytree(args.vocoder, os.path.join(tmp, "vocoder"))
+    else:
+        install_vocoder(os.path.join(args.out, "vocoder"), os.path.join(tmp, "vocoder"))
     for ext in (".npy", ".json"):  # the centroids and their sidecar (encoder, k, frames)
         shutil.copyfile(os.path.join(args.out, "km" + ext), os.path.join(tmp, "kmeans" + ext))
     with open(os.path.join(args.out, "km.json"), encoding="utf-8") as f:
