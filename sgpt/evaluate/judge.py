@@ -314,6 +314,16 @@ def make_judge(kind: str = "whisper", command: str | None = None, **kwargs):
 # sgpt-evaluate judge: judge records that carry 'audio' and a reference text
 
 
+def lookup(record: dict, key: str):
+    """``record[key]``; a dotted key reads nested objects: ``prompt.text``."""
+    value = record
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def group_names(record: dict, group_by: str | Sequence[str] | None) -> list[str]:
     """The groups a record is scored in: one per grouping of ``group_by``, each a key or
     comma-separated keys (dotted keys read nested objects), named by the record's values
@@ -323,12 +333,7 @@ def group_names(record: dict, group_by: str | Sequence[str] | None) -> list[str]
         return []
     names = []
     for grouping in [group_by] if isinstance(group_by, str) else group_by:
-        values = []
-        for key in grouping.split(","):
-            value = record
-            for part in key.strip().split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            values.append(value)
+        values = [lookup(record, key.strip()) for key in grouping.split(",")]
         if all(v is not None for v in values):
             names.append("/".join(map(str, values)))
     return names

@@ -50,6 +50,7 @@ from sgpt.evaluate.judge import (
     JudgeError,
     edit_distance,
     group_names,
+    lookup,
     make_judge,
     normalize_text,
     word_error_rate,
@@ -76,16 +77,6 @@ class Scores:
 
 # ---------------------------------------------------------------------------------------------
 # Records and their references
-
-
-def lookup(record: dict, key: str):
-    """``record[key]``; a dotted key reads nested objects: ``prompt.text``."""
-    value = record
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def unique_records(items: Iterable[dict | RecordError], errors: list[RecordError]
