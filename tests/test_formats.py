@@ -43,8 +43,10 @@ def rewrite(path: Path, **changes) -> dict:
     return data
 
 
-def newer(path: Path, name: str) -> str:
-    return f"{path}: {name} version 2 is newer than this sgpt reads (1): upgrade sgpt"
+def newer(path: Path, name: str, reads: int = 1) -> str:
+    """The refusal of ``path`` rewritten to version ``reads + 1`` of format ``name``."""
+    return (f"{path}: {name} version {reads + 1} is newer than this sgpt reads ({reads}): "
+            "upgrade sgpt")
 
 
 def refused_in_one_line(r, tool: str, message: str) -> None:
@@ -99,18 +101,18 @@ def test_kmeans_sidecar(speech_dir, tmp_path):
     centroids = np.random.default_rng(0).standard_normal((8, 39)).astype(np.float32)
     save_centroids(km, centroids, {"encoder": "mfcc", "layer": None})
     sidecar = km.with_suffix(".json")
-    assert read_sidecar(km)["format"] == "sgpt-kmeans" and read_sidecar(km)["version"] == 1
+    assert read_sidecar(km)["format"] == "sgpt-kmeans" and read_sidecar(km)["version"] == 2
     np.testing.assert_array_equal(load_centroids(km), centroids)
     rewrite(sidecar, format=None, version=None)  # as sgpt wrote it before versions
     np.testing.assert_array_equal(load_centroids(km), centroids)
     wav = speech_dir / "s0.wav"
     assert run_tool("sgpt-units", "--encoder", "mfcc", "--kmeans", km, wav).returncode == 0
-    rewrite(sidecar, format="sgpt-kmeans", version=2)
+    rewrite(sidecar, format="sgpt-kmeans", version=3)
     with pytest.raises(CheckpointError) as e:
         load_centroids(km)
-    assert str(e.value) == newer(sidecar, "sgpt-kmeans")
+    assert str(e.value) == newer(sidecar, "sgpt-kmeans", 2)
     r = run_tool("sgpt-units", "--encoder", "mfcc", "--kmeans", km, wav)
-    refused_in_one_line(r, "sgpt-units", newer(sidecar, "sgpt-kmeans"))
+    refused_in_one_line(r, "sgpt-units", newer(sidecar, "sgpt-kmeans", 2))
 
 
 def test_model_description(tmp_path):
@@ -226,15 +228,15 @@ def test_default_description_and_the_shipped_files(tmp_path, monkeypatch):
     monkeypatch.setenv("SGPT_DEFAULT", str(copy))
     rewrite(copy / "default.json", version=None)
     assert load_default().k == shipped.k
-    for f, name in ((copy / "default.json", "sgpt-default"),
-                    (copy / "model" / MODEL_META, "sgpt-model"),
-                    (copy / "kmeans.json", "sgpt-kmeans"),
-                    (copy / "vocoder" / "config.json", "sgpt-vocoder")):
+    for f, name, reads in ((copy / "default.json", "sgpt-default", 1),
+                           (copy / "model" / MODEL_META, "sgpt-model", 1),
+                           (copy / "kmeans.json", "sgpt-kmeans", 2),
+                           (copy / "vocoder" / "config.json", "sgpt-vocoder", 1)):
         text = f.read_text()
-        rewrite(f, format=name, version=2)
+        rewrite(f, format=name, version=reads + 1)
         with pytest.raises(CheckpointError) as e:
             load_default()
-        assert str(e.value) == newer(f, name)
+        assert str(e.value) == newer(f, name, reads)
         f.write_text(text)
     r = run_tool("sgpt-vocode", "-o", tmp_path / "w", input="1 2\n",
                  env={"SGPT_DEFAULT": str(copy)})

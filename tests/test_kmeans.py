@@ -19,9 +19,12 @@ from sgpt.core.errors import CheckpointError
 from sgpt.units.kmeans import (
     FrameReservoir,
     KMeansQuantizer,
+    PositionMeans,
+    center_positions,
     learn_kmeans,
     lloyd_step,
     load_centroids,
+    load_position_means,
     save_centroids,
 )
 
@@ -42,7 +45,7 @@ def test_npy_round_trip_and_sidecar(tmp_path):
     np.testing.assert_array_equal(load_centroids(path), centroids)
     assert load_centroids(str(path)).dtype == np.float32
     meta = json.loads((tmp_path / "km7.json").read_text())
-    assert meta == {"format": "sgpt-kmeans", "version": 1, "k": 7, "dim": 5, "encoder": "mfcc",
+    assert meta == {"format": "sgpt-kmeans", "version": 2, "k": 7, "dim": 5, "encoder": "mfcc",
                     "layer": None, "inertia": 1.5}
     assert sorted(os.listdir(tmp_path)) == ["km7.json", "km7.npy"]  # no temporary files left
 
@@ -212,3 +215,74 @@ def test_cuda_learns_and_quantizes_like_the_cpu(blobs):
     quantizer = KMeansQuantizer(cpu[0])
     units = quantizer.cuda()(x.cuda().bfloat16())
     assert units.is_cuda and torch.equal(units.cpu(), quantizer.cpu()(x.bfloat16()))
+
+
+# --- centring on the position's mean ----------------------------------------------------------
+
+def test_position_means_are_each_positions_mean_shrunk_toward_the_corpus_mean():
+    a = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])  # positions 0 1 2 0
+    b = torch.tensor([[5.0, 2.0]])
+    means = PositionMeans(period=3, dim=2)
+    means.add(a)
+    means.add(b)
+    overall = torch.tensor([15.0, 2.0], dtype=torch.float64) / 5
+    s = sgpt.units.kmeans.POSITION_SHRINK
+    sums = torch.tensor([[10.0, 2.0], [2.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    counts = torch.tensor([3.0, 1.0, 1.0], dtype=torch.float64)
+    want = (sums + s * overall) / (counts[:, None] + s)
+    torch.testing.assert_close(means.means(), want.float(), rtol=0, atol=0)
+    never = PositionMeans(period=8, dim=2)
+    never.add(a)
+    torch.testing.assert_close(never.means()[5], torch.tensor([2.5, 0.0]))  # never seen: mean
+    with pytest.raises(ValueError):
+        PositionMeans(2, 2).means()
+
+
+def test_quantizer_centres_each_frame_on_its_positions_mean_wrapping_at_the_period():
+    centroids = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    means = torch.tensor([[10.0, 0.0], [0.0, 10.0]])  # period 2
+    feats = torch.tensor([[10.0, 0.0], [0.0, 10.0], [20.0, 0.0], [0.0, 20.0], [10.0, 10.0]])
+    # centred: [0,0] [0,0] [10,0] [0,10] [0,10] (the fifth frame is at position 0 again)
+    assert KMeansQuantizer(centroids, means)(feats).tolist() == [0, 0, 1, 2, 2]
+    assert KMeansQuantizer(centroids)(feats).tolist() == [1, 2, 1, 2, 1]
+    torch.testing.assert_close(center_positions(feats, means)[4], torch.tensor([0.0, 10.0]))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        KMeansQuantizer(centroids, torch.zeros(2, 3))
+
+
+def test_position_means_are_saved_beside_the_centroids_and_loaded_with_them(tmp_path):
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(6, 4)).astype(np.float32)
+    means = rng.normal(size=(5, 4)).astype(np.float32)
+    km = tmp_path / "km.npy"
+    save_centroids(km, centroids, {"encoder": "whisper"}, means)
+    assert sorted(os.listdir(tmp_path)) == ["km.json", "km.npy", "km.positions.npy"]
+    meta = json.loads((tmp_path / "km.json").read_text())
+    assert (meta["version"], meta["center"], meta["position_period"]) == (2, "positions", 5)
+    np.testing.assert_array_equal(load_position_means(km), means)
+    feats = torch.from_numpy(rng.normal(size=(12, 4)).astype(np.float32))
+    want = KMeansQuantizer(centroids, means)(feats)
+    assert torch.equal(KMeansQuantizer.from_file(km)(feats), want)
+    plain = tmp_path / "plain.npy"
+    save_centroids(plain, centroids, {"encoder": "mfcc"})
+    assert load_position_means(plain) is None
+    assert KMeansQuantizer.from_file(plain).position_means is None
+
+    np.save(tmp_path / "km.positions.npy", means[:4])  # not the period the sidecar names
+    with pytest.raises(CheckpointError, match=r"km\.positions\.npy: not the \[5, dim\]"):
+        KMeansQuantizer.from_file(km)
+    os.remove(tmp_path / "km.positions.npy")
+    with pytest.raises(CheckpointError, match=r"km\.positions\.npy: the position means"):
+        KMeansQuantizer.from_file(km)
+
+
+def test_reservoir_with_a_period_centres_its_sample_on_each_frames_position():
+    rng = np.random.default_rng(1)
+    utterances = [torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32)) for n in (7, 4)]
+    means = torch.from_numpy(rng.normal(size=(5, 3)).astype(np.float32))
+    reservoir = FrameReservoir(100, seed=0, period=5)
+    for u in utterances:
+        reservoir.add(u)
+    assert torch.equal(reservoir.frames(), torch.cat(utterances))  # all kept, in order
+    want = torch.cat([center_positions(u, means) for u in utterances])
+    assert torch.equal(reservoir.centered(means), want)

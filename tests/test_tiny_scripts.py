@@ -69,22 +69,28 @@ def test_an_unknown_engine_is_named(tmp_path):
     ({"encoder": "whisper:base", "k": 3}, True),                       # sgpt 0.1: padded
     ({"encoder": "whisper-padded", "k": 3, "sgpt_version": "0.2.0"}, True),
     ({"encoder": "hubert", "k": 3, "layer": 6, "sgpt_version": "0.2.0"}, False),
+    ({"encoder": "whisper-padded", "k": 3, "sgpt_version": "0.3.0", "center": "positions",
+      "position_period": 4}, True),
 ])
 def test_reused_centroids_are_relabelled_only_from_whisper_padded(sidecar, relabelled,
                                                                    tmp_path):
     import numpy as np
 
     from sgpt.core.errors import CheckpointError
-    from sgpt.units.kmeans import check_learnt_on, load_centroids
+    from sgpt.units.kmeans import check_learnt_on, load_centroids, load_position_means
 
     src = tmp_path / "src" / "km.npy"
     src.parent.mkdir()
     np.save(src, np.arange(6, dtype=np.float32).reshape(3, 2))
+    if "center" in sidecar:
+        np.save(src.with_suffix(".positions.npy"), np.ones((4, 2), np.float32))
     src.with_suffix(".json").write_text(json.dumps(sidecar))
     dest = tmp_path / "out" / "km.npy"
     subprocess.run([sys.executable, str(TINY / "reuse_kmeans.py"), str(src), str(dest)],
                    check=True)
     assert np.array_equal(load_centroids(dest), load_centroids(src))
+    if "center" in sidecar:
+        assert np.array_equal(load_position_means(dest), load_position_means(src))
     meta = json.loads(dest.with_suffix(".json").read_text())
     if relabelled:
         assert meta["encoder"] == "whisper" and meta["learnt_on"] == "whisper-padded"

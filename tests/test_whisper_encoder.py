@@ -11,6 +11,8 @@ from faster_whisper.feature_extractor import FeatureExtractor
 
 from sgpt.core.audio import load_audio
 from sgpt.core.errors import CheckpointError
+from sgpt.core.stream import dedup
+from sgpt.units.kmeans import KMeansQuantizer, PositionMeans, load_position_means
 from sgpt.units.whisper_encoder import WINDOW_SAMPLES, compute_type_for, frame_count, load_whisper
 
 
@@ -126,6 +128,16 @@ def test_cli_learn_kmeans_then_encode_on_real_speech(speech_dir, tmp_path):
     assert (meta["encoder"], meta["k"], meta["dim"], meta["frame_rate"]) == (
         "whisper:base", 100, 512, 50.0)
     assert np.load(km).shape == (100, 512)
+    # by default centred on the position means, which are the corpus's shrunk means
+    assert (meta["center"], meta["position_period"]) == ("positions", 1500)
+    whisper = load_whisper(device="cpu", dtype="auto")
+    feats = [whisper(torch.from_numpy(load_audio(str(w)))[None], torch.tensor(
+        [len(load_audio(str(w)))])) for w in wavs]
+    feats = [f[0, :n[0]] for f, n in feats]
+    positions = PositionMeans(1500, 512)
+    for f in feats:
+        positions.add(f)
+    np.testing.assert_allclose(load_position_means(km), positions.means().numpy(), atol=1e-5)
 
     r = run_tool("sgpt-units", "encode", "--encoder", "whisper", "--kmeans", km, *wavs)
     assert r.returncode == 0, r.stderr
@@ -136,6 +148,18 @@ def test_cli_learn_kmeans_then_encode_on_real_speech(speech_dir, tmp_path):
         assert all(0 <= u < 100 for u in rec["units"]) and len(set(rec["units"])) > 10
         assert rec["units_meta"] == {"encoder": "whisper:base", "layer": None, "k": 100,
                                      "frame_rate": 50.0, "dedup": True}
+    quantizer = KMeansQuantizer.from_file(km)
+    assert [rec["units"] for rec in records] == [dedup(quantizer(f).tolist())[0] for f in feats]
+
+    plain = tmp_path / "plain.npy"
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "whisper", "-k", 8, "--center",
+                 "none", "-o", plain, wavs[0])
+    assert r.returncode == 0, r.stderr
+    assert "center" not in json.loads(plain.with_suffix(".json").read_text())
+    assert not plain.with_suffix(".positions.npy").exists()
+    r = run_tool("sgpt-units", "learn-kmeans", "--encoder", "mfcc", "-k", 8, "--center",
+                 "positions", "-o", tmp_path / "m.npy", wavs[0])
+    assert r.returncode == 2 and "the mfcc encoder has no absolute positions" in r.stderr
 
 
 def test_missing_packages_are_one_clear_line(speech_dir, tmp_path):

@@ -101,8 +101,11 @@ def main() -> None:
         shutil.copytree(args.vocoder, os.path.join(tmp, "vocoder"))
     else:
         install_vocoder(os.path.join(args.out, "vocoder"), os.path.join(tmp, "vocoder"))
-    for ext in (".npy", ".json"):  # the centroids and their sidecar (encoder, k, frames)
-        shutil.copyfile(os.path.join(args.out, "km" + ext), os.path.join(tmp, "kmeans" + ext))
+    # the centroids, their sidecar (encoder, k, frames) and their position means, if any
+    for ext in (".npy", ".json", ".positions.npy"):
+        if ext == ".npy" or os.path.exists(os.path.join(args.out, "km" + ext)):
+            shutil.copyfile(os.path.join(args.out, "km" + ext),
+                            os.path.join(tmp, "kmeans" + ext))
     with open(os.path.join(args.out, "km.json"), encoding="utf-8") as f:
         encoder = json.load(f)["encoder"].split(":")[0]  # the units' encoder, as the recipe ran it
     write_json(os.path.join(tmp, DEFAULT_FILE), {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Copy a k-means .npy (and its sidecar) for sgpt-units --encoder whisper.
+"""Copy a k-means .npy (its sidecar, its position means) for sgpt-units --encoder whisper.
 
     python3 reuse_kmeans.py ../../sgpt/default/kmeans.npy out/km.npy
 
@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from sgpt.units.kmeans import read_sidecar
+from sgpt.units.kmeans import positions_path, read_sidecar
 
 
 def main() -> None:
@@ -36,6 +36,8 @@ def main() -> None:
                         note="centroids learnt on whisper-padded features, used on "
                              "real-length ones")
         dest.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        if meta.get("center"):
+            shutil.copyfile(positions_path(src), positions_path(dest))
     shutil.copyfile(src, dest)
 
 

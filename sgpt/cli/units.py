@@ -331,6 +331,12 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
               help="Lloyd iterations at most.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Mini-batch k-means with this many frames per step (default: full batch).")
+@click.option("--center", type=click.Choice(["auto", "positions", "none"]), default="auto",
+              show_default=True,
+              help="positions: subtract the corpus's mean feature at each position of the "
+                   "encoder's window before clustering (and before every nearest centroid, "
+                   "written as OUTPUT.positions.npy), for encoders with absolute positions "
+                   "(whisper); auto: positions where the encoder has them, else none.")
 @input_options
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Centroids .npy [k, dim]; a JSON sidecar (.json) is written beside it.")
@@ -338,8 +344,8 @@ def encode(encoder, checkpoint, layer, kmeans, fmt, no_dedup, manifest, batch_se
 @run_options
 @click.argument("inputs", nargs=-1, metavar="[AUDIO|-]...")
 @run_tool(TOOL)
-def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batch_size, manifest,
-                 batch_seconds, output, device, dtype, progress, strict, inputs):
+def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batch_size, center,
+                 manifest, batch_seconds, output, device, dtype, progress, strict, inputs):
     """Learn k-means centroids over the dense features of a corpus.
 
     \b
@@ -349,7 +355,7 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
       sgpt-units learn-kmeans --encoder whisper -k 100 -o whisper_km100.npy corpus/*.wav
     """
     from sgpt.core.device import resolve_device
-    from sgpt.units.kmeans import FrameReservoir, save_centroids
+    from sgpt.units.kmeans import FrameReservoir, PositionMeans, save_centroids
     from sgpt.units.kmeans import learn_kmeans as fit
     from sgpt.units.speech_encoder import load_speech_encoder
 
@@ -359,17 +365,26 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
     items = gather_items(inputs, manifest, reporter)
     dev = resolve_device(device)
     model = load_speech_encoder(dense, None, checkpoint, layer, dev, dtype)
-    reservoir = FrameReservoir(max_frames, seed)
+    period = getattr(model.dense, "position_period", None)
+    if center == "positions" and period is None:
+        raise click.UsageError(f"--center positions: the {dense} encoder has no absolute "
+                               "positions (use auto or none)")
+    period = None if center == "none" else period
+    reservoir = FrameReservoir(max_frames, seed, period)
+    positions = None if period is None else PositionMeans(period, model.dense.dim)
     batch_samples = int(batch_seconds * SAMPLE_RATE)
     with progress_bar(progress, len(items), "features") as advance:
         for window in windows(items, reporter, WINDOW_BATCHES * batch_samples, advance):
             for feats in model.features([wave for _, wave in window], batch_samples):
                 reservoir.add(feats.cpu())
+                if positions is not None:
+                    positions.add(feats.cpu())
                 advance()
-    frames = reservoir.frames()
-    if len(frames) < k:
-        raise SgptError(f"only {len(frames)} frames from {len(items)} inputs: too few for "
-                        f"k={k}")
+    kept = min(reservoir.seen, max_frames)
+    if kept < k:
+        raise SgptError(f"only {kept} frames from {len(items)} inputs: too few for k={k}")
+    means = None if positions is None else positions.means()
+    frames = reservoir.frames() if means is None else reservoir.centered(means)
     reporter.info(f"k-means: k={k} over {len(frames)} of {reservoir.seen} frames")
     with progress_bar(progress, max_iter, "k-means") as advance:
         centroids, inertia = fit(frames.to(dev), k, seed=seed, max_iter=max_iter,
@@ -379,7 +394,8 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
             "frames": len(frames), "frames_seen": reservoir.seen, "seed": seed,
             "inputs": len(items), "failed": reporter.failures}
     del meta["dedup"]
-    save_centroids(output, centroids.cpu().numpy(), meta)
+    save_centroids(output, centroids.cpu().numpy(), meta,
+                   None if means is None else means.numpy())
     reporter.info(f"wrote {output} (inertia {inertia:.4g})")
     return reporter.exit_code
 

@@ -9,6 +9,18 @@ joblib-pickled scikit-learn MiniBatchKMeans, read without executing code
 Learning is k-means++ (greedy, as scikit-learn) then Lloyd iterations, full-batch or
 mini-batch, in torch on the features' device. Corpora larger than memory are sampled first,
 uniformly, with ``FrameReservoir``.
+
+Position centering (sidecar ``"center": "positions"``, version 2). An encoder with absolute
+position embeddings (Whisper's encoder: sinusoids added to its input, kept to its output for
+the decoder's timestamps) writes the frame's place in its window into every feature: on
+espeak-ng speech, k-means units of raw Whisper-base features share 2.5 bits with the frame's
+place in the utterance (the first half second is mostly a few units, the next another few),
+so units of two different sentences look alike. Subtracting the corpus's mean feature at each
+position of the window (``PositionMeans``) before the nearest centroid leaves 0.4 bits
+(``bench/unit_stability.py``; mfcc units: 0.2). The means,
+[period, dim] float32, are written beside the centroids as ``<name>.positions.npy``; frame
+``t`` of an utterance is at position ``t % period`` (a window of ``period`` frames is what the
+encoder sees at once: long audio is encoded window by window).
 """
 
 from __future__ import annotations
@@ -30,7 +42,9 @@ from sgpt.core.formats import FileFormat
 CHUNK_ELEMENTS = 1 << 24  # bound on the [rows, k] matrices built at once (64 MiB of float32)
 NPY_MAGIC = b"\x93NUMPY"
 KMEANS_FORMAT = FileFormat("sgpt-kmeans", "a k-means sidecar",
-                           "learn it again with sgpt-units learn-kmeans", unnamed=True)
+                           "learn it again with sgpt-units learn-kmeans", version=2,
+                           unnamed=True)  # 2: "center": "positions"
+POSITION_SHRINK = 20.0  # frames of the corpus mean a position's mean starts from
 
 
 def read_sidecar(path: str | os.PathLike) -> dict | None:
@@ -101,9 +115,16 @@ def load_centroids(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
-def save_centroids(path: str | os.PathLike, centroids: Tensor | np.ndarray, meta: dict) -> None:
+def positions_path(path: str | os.PathLike) -> Path:
+    """Where the position means of the k-means ``path`` lie: ``km.npy`` -> ``km.positions.npy``."""
+    return Path(path).with_suffix(".positions.npy")
+
+
+def save_centroids(path: str | os.PathLike, centroids: Tensor | np.ndarray, meta: dict,
+                   position_means: np.ndarray | None = None) -> None:
     """Write centroids as ``.npy`` float32 and ``meta`` beside them as ``.json`` (the sidecar,
-    stamped with ``KMEANS_FORMAT``), atomically."""
+    stamped with ``KMEANS_FORMAT``), atomically; with ``position_means`` [period, dim] also
+    ``<name>.positions.npy``, and the sidecar says so."""
     if isinstance(centroids, Tensor):
         centroids = centroids.detach().cpu().numpy()
     array = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -113,8 +134,72 @@ def save_centroids(path: str | os.PathLike, centroids: Tensor | np.ndarray, meta
     if sidecar == Path(path):
         raise ValueError(f"{path}: the centroids file cannot be named .json (that is its sidecar)")
     info = {**KMEANS_FORMAT.stamp(), "k": array.shape[0], "dim": array.shape[1], **meta}
+    if position_means is not None:
+        means = np.ascontiguousarray(position_means, dtype=np.float32)
+        if means.ndim != 2 or means.shape[1] != array.shape[1]:
+            raise ValueError(f"position means must be [period, {array.shape[1]}], not "
+                             f"{list(means.shape)}")
+        info.update(center="positions", position_period=means.shape[0])
+        write_atomic(positions_path(path), lambda f: np.save(f, means))
     write_atomic(path, lambda f: np.save(f, array))
     write_json(sidecar, info)
+
+
+def load_position_means(path: str | os.PathLike) -> np.ndarray | None:
+    """The position means [period, dim] of the ``.npy`` k-means ``path`` when its sidecar says
+    its features are centred by position, else None (CheckpointError if the file is missing
+    or does not fit)."""
+    meta = read_sidecar(path)
+    if meta is None or meta.get("center") is None:
+        return None
+    where = positions_path(path)
+    if meta["center"] != "positions":
+        raise CheckpointError(f"{Path(path).with_suffix('.json')}: unknown centering "
+                              f"{meta['center']!r} (this sgpt knows positions)")
+    try:
+        means = np.load(where, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{where}: the position means its k-means needs are unreadable "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                              ) from None
+    if (means.ndim != 2 or means.dtype.kind != "f" or len(means) != meta.get("position_period")
+            or not np.isfinite(means).all()):
+        raise CheckpointError(f"{where}: not the [{meta.get('position_period')}, dim] finite "
+                              "position means its k-means sidecar names")
+    return np.ascontiguousarray(means, dtype=np.float32)
+
+
+class PositionMeans:
+    """The mean feature at each position ``t % period`` of a corpus's utterances, exact over
+    every frame added. A position seen ``n`` times gets ``(sum + s * mean) / (n + s)`` with
+    ``s = POSITION_SHRINK`` frames of the corpus's mean: late positions, which few utterances
+    reach, lean toward it, and a position never seen is the corpus's mean."""
+
+    def __init__(self, period: int, dim: int):
+        self.period = period
+        self.sums = torch.zeros(period, dim, dtype=torch.float64)
+        self.counts = torch.zeros(period, dtype=torch.float64)
+
+    def add(self, feats: Tensor) -> None:
+        """Add one utterance's frames [F, D] (frame t at position t % period)."""
+        pos = torch.arange(len(feats)) % self.period
+        self.sums.index_add_(0, pos, feats.detach().to("cpu", torch.float64))
+        self.counts += torch.bincount(pos, minlength=self.period).double()
+
+    def means(self) -> Tensor:
+        """[period, dim] float32."""
+        total = self.counts.sum()
+        if not total:
+            raise ValueError("no frames added")
+        overall = self.sums.sum(0) / total
+        shrunk = (self.sums + POSITION_SHRINK * overall) / (self.counts[:, None] + POSITION_SHRINK)
+        return shrunk.float()
+
+
+def center_positions(feats: Tensor, means: Tensor) -> Tensor:
+    """One utterance's frames [F, D] minus the mean at each frame's position (t % period)."""
+    pos = torch.arange(len(feats), device=feats.device) % len(means)
+    return feats - means.to(feats.device, feats.dtype)[pos]
 
 
 def nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,12 +222,26 @@ def nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
 class KMeansQuantizer(nn.Module):
     """Features [N, D] -> unit ids [N]: the nearest centroid, computed in float32.
 
-    Move it with ``.to(device)``; casting it to another dtype would round the centroids.
+    With ``position_means`` [period, D] the N frames are one utterance's, and each is first
+    centred on the mean at its position (``center_positions``). Move it with ``.to(device)``;
+    casting it to another dtype would round the centroids.
     """
 
-    def __init__(self, centroids: Tensor | np.ndarray):
+    def __init__(self, centroids: Tensor | np.ndarray,
+                 position_means: Tensor | np.ndarray | None = None):
         super().__init__()
         self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32).clone())
+        means = (None if position_means is None
+                 else torch.as_tensor(position_means, dtype=torch.float32).clone())
+        if means is not None and (means.ndim != 2 or means.shape[1] != self.dim):
+            raise CheckpointError(f"position means of shape {list(means.shape)} do not fit "
+                                  f"centroids of dim {self.dim}")
+        self.register_buffer("position_means", means)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> KMeansQuantizer:
+        """The k-means at ``path`` (``load_centroids``), with its position means if any."""
+        return cls(load_centroids(path), load_position_means(path))
 
     @property
     def k(self) -> int:
@@ -162,7 +261,10 @@ class KMeansQuantizer(nn.Module):
         """Unit ids (LongTensor [N], on the centroids' device) of feats [N, D], any dtype."""
         self.check_dim(feats.shape[-1], "input")
         centroids = self.centroids.float()
-        return nearest(feats.to(centroids.device, torch.float32), centroids)[0]
+        feats = feats.to(centroids.device, torch.float32)
+        if self.position_means is not None:
+            feats = center_positions(feats, self.position_means)
+        return nearest(feats, centroids)[0]
 
 
 def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -281,20 +383,27 @@ class FrameReservoir:
 
     Reservoir sampling (Algorithm R), vectorized per ``add``: frame i (counting from 0 over
     the whole corpus) replaces a random kept frame with probability max_frames / (i + 1).
-    Frames are kept on the CPU in float32. Same seed and same adds, same sample.
+    Frames are kept on the CPU in float32. Same seed and same adds, same sample. With a
+    ``period``, each ``add`` is one utterance and a kept frame remembers its position in it
+    (``t % period``, an exact float32 column beside it), to be centred once the position means
+    are known (``centered``).
     """
 
-    def __init__(self, max_frames: int, seed: int):
+    def __init__(self, max_frames: int, seed: int, period: int | None = None):
         if max_frames < 1:
             raise ValueError(f"max_frames must be at least 1, got {max_frames}")
         self.max_frames = max_frames
+        self.period = period
         self.seen = 0
         self._generator = torch.Generator().manual_seed(seed)
         self._chunks: list[Tensor] = []  # kept frames, joined into one tensor once full
 
     def add(self, feats: Tensor) -> None:
-        """Offer frames [F, D] to the sample."""
+        """Offer frames [F, D] to the sample (one utterance's, with a ``period``)."""
         feats = feats.detach().to("cpu", torch.float32)
+        if self.period is not None:
+            pos = (torch.arange(len(feats)) % self.period).float()
+            feats = torch.cat([feats, pos[:, None]], 1)
         index = self.seen + torch.arange(len(feats), dtype=torch.float64)
         slot = (torch.rand(len(feats), generator=self._generator, dtype=torch.float64)
                 * (index + 1)).long()
@@ -313,7 +422,14 @@ class FrameReservoir:
 
     def frames(self) -> Tensor:
         """The sample [n, D], n = min(seen, max_frames)."""
-        return self._joined() if self._chunks else torch.empty(0, 0)
+        if not self._chunks:
+            return torch.empty(0, 0)
+        return self._joined() if self.period is None else self._joined()[:, :-1]
+
+    def centered(self, means: Tensor) -> Tensor:
+        """The sample [n, D], each frame minus ``means`` [period, D] at its position."""
+        joined = self._joined()
+        return joined[:, :-1] - means.float()[joined[:, -1].long()]
 
     def _joined(self) -> Tensor:
         if len(self._chunks) > 1:

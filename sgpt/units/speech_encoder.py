@@ -131,12 +131,12 @@ def load_speech_encoder(encoder: str, kmeans: str | None, checkpoint: str | None
     whisper encoder reads ``auto`` as int8 on CPU). Long audio is cut in pieces of the
     encoder's ``max_chunk`` samples (fairseq's 100 s when it names none).
     """
-    from sgpt.units.kmeans import KMeansQuantizer, check_learnt_on, load_centroids
+    from sgpt.units.kmeans import KMeansQuantizer, check_learnt_on
 
     dense = dense_model(encoder).load(checkpoint, layer, device, dtype)
     quantizer = None
     if kmeans is not None:
         check_learnt_on(kmeans, dense.name, dense.layer)
-        quantizer = KMeansQuantizer(torch.from_numpy(load_centroids(kmeans)))
+        quantizer = KMeansQuantizer.from_file(kmeans)
     max_chunk = getattr(dense, "max_chunk", MAX_CHUNK_SAMPLES)
     return SpeechEncoder(dense, quantizer, dedup=dedup, max_chunk=max_chunk).to(device).eval()

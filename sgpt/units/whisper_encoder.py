@@ -110,6 +110,9 @@ class WhisperEncoder(nn.Module):
     frame_rate = SAMPLE_RATE / (HOP * STRIDE)
     layer = None  # the encoder's output (after its final layer norm): no layer to choose
     max_chunk = WINDOW_SAMPLES  # long audio is encoded a window at a time
+    # frames of one window: sinusoidal positions are added to the encoder's input, and frame t
+    # of an utterance is at t % 1500 (learn-kmeans centres the features on them by default)
+    position_period = MEL_FRAMES // STRIDE
 
     def __init__(self, model_dir: str | os.PathLike, source: str = "base",
                  device: str | torch.device = "cpu", compute_type: str = "int8",
