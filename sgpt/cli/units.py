@@ -376,9 +376,10 @@ def learn_kmeans(encoder, checkpoint, layer, k, seed, max_frames, max_iter, batc
     with progress_bar(progress, len(items), "features") as advance:
         for window in windows(items, reporter, WINDOW_BATCHES * batch_samples, advance):
             for feats in model.features([wave for _, wave in window], batch_samples):
-                reservoir.add(feats.cpu())
+                feats = feats.cpu()
+                reservoir.add(feats)
                 if positions is not None:
-                    positions.add(feats.cpu())
+                    positions.add(feats)
                 advance()
     kept = min(reservoir.seen, max_frames)
     if kept < k:
