@@ -152,7 +152,8 @@ def test_bad_records_are_named_and_the_rest_vocoded(vocoder, tmp_path):
 
 
 def test_file_names_from_any_id_stay_in_the_directory(vocoder, tmp_path):
-    ids = ["..", "../../escape", ".hidden", "x" * 300, "x" * 299 + "y", "a/b", "caf\u00e9"]
+    ids = ["..", "../../escape", ".hidden", "_hidden", "x" * 300, "x" * 299 + "y", "a/b", "a\\b",
+           "a_b", "caf\u00e9"]
     out = tmp_path / "deep" / "out"
     r = vocode(vocoder, "-o", out, input=jsonl([{"id": i, "units": [1, 2]} for i in ids]))
     assert r.returncode == 0, r.stderr
@@ -162,6 +163,7 @@ def test_file_names_from_any_id_stay_in_the_directory(vocoder, tmp_path):
     names = [f.name for f in files.values()]
     assert len(set(names)) == len(ids) and not any(n.startswith(".") for n in names)
     assert all(len(n.encode()) <= 200 for n in names) and files["caf\u00e9"].name == "caf\u00e9.wav"
+    assert files["a_b"].name == "a_b.wav" and files["_hidden"].name == "_hidden.wav"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]  # nothing escaped
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from sgpt.core.files import make_temp_dir
 
 MANIFEST = "sgpt_cache.json"
 
@@ -47,8 +48,7 @@ def make_entry(entry: Path, fill: Callable[[Path], None], info: dict | None = No
     it, which gets a manifest (``info`` and the files' sizes) and replaces what is there. If
     another process completes the same entry meanwhile, either copy is kept."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is a plain shared directory
+    tmp = make_temp_dir(entry.parent, f".{entry.name}.")
     try:
         fill(tmp)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}

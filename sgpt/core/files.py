@@ -22,6 +22,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     except OSError as e:
         raise SgptError(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
+        os.fchmod(fd, file_mode())  # the mode open() gives, not mkstemp's private 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
@@ -29,6 +30,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permissions open() gives a new file under this process's umask."""
+    return 0o666 & ~_umask()
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new directory in ``parent`` to fill and then rename into place, with the permissions
+    mkdir gives under the umask (mkdtemp's are private: a renamed output would stay so)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
@@ -80,14 +100,16 @@ def unwritable(path: str | os.PathLike) -> str | None:
 
 
 def safe_name(record_id: str, suffix: str) -> str:
-    """A file name for a record id, inside its directory whatever the id: path separators
-    and NUL become ``_``, a leading dot ``_`` (no hidden files, no ``..``), and an id too long
-    for a file name is cut and given a hash of the whole id, so that two ids stay two names."""
+    """A file name for a record id, inside its directory whatever the id, and one name per id:
+    path separators and NUL become ``_`` and a leading dot ``_`` (no hidden files, no ``..``),
+    and such an altered id, or one too long for a file name (cut), is given a hash of the whole
+    id, so that ``a/b``, ``a\\b`` and ``a_b`` stay three names."""
     name = record_id.replace("/", "_").replace("\\", "_").replace("\0", "_")
     if name.startswith("."):
         name = "_" + name[1:]
-    if len((name + suffix).encode("utf-8")) > MAX_NAME_BYTES:
+    too_long = len((name + suffix).encode("utf-8")) > MAX_NAME_BYTES
+    if name != record_id or too_long:
         digest = hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:16]
-        room = MAX_NAME_BYTES - len(suffix) - len(digest) - 1
+        room = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - len(digest) - 1
         name = name.encode("utf-8")[:room].decode("utf-8", "ignore") + "-" + digest
     return name + suffix

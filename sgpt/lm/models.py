@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +37,7 @@ from sgpt import __version__
 from sgpt.core.cache import cache_root, make_entry, read_manifest
 from sgpt.core.default import is_pypi, resolve_pypi, resolve_reference
 from sgpt.core.errors import CheckpointError, first_line
-from sgpt.core.files import write_json
+from sgpt.core.files import file_mode, make_temp_dir, write_json
 from sgpt.core.formats import FileFormat
 
 MODEL_META = "sgpt_model.json"
@@ -474,28 +473,20 @@ def save_model_dir(output: str | os.PathLike, model, meta: dict, tokenizer_dir: 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_META).unlink(missing_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.model.", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.model.")
     try:
         _write_model_files(tmp, model, meta, tokenizer_dir, files, state_dict)
         stale = ({"model.safetensors", "config.json", "generation_config.json"}
                  if meta["adapter"] else {"adapter_model.safetensors", ADAPTER_CONFIG})
         for name in stale:
             (out / name).unlink(missing_ok=True)
-        mode = _file_mode()
+        mode = file_mode()
         for f in sorted(tmp.iterdir()):
-            os.chmod(f, mode)  # temporary files are private; a model is shared like others
+            os.chmod(f, mode)  # a writer's temporary file may be private; a model is shared
             os.replace(f, out / f.name)
         write_json(out / MODEL_META, meta)
-        os.chmod(out / MODEL_META, mode)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _file_mode() -> int:
-    """What a new file's permissions are under the process's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _write_model_files(tmp: Path, model, meta: dict, tokenizer_dir: str,

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from sgpt.core.errors import SgptError
+from sgpt.core.files import make_temp_dir
 from sgpt.core.formats import FileFormat
 from sgpt.lm.prompts import DIALOG_MARKERS, MARKERS, SOSP, UNIT_MARKERS, added_tokens, unit_token
 
@@ -251,7 +252,7 @@ def extend(base: str, output: str, k: int | None = None, dialog: bool = True,
     meta = _metadata(tokenizer, k, base_name, base_size, spacing)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.")
     try:
         tokenizer.save_pretrained(str(tmp))
         if meta["legacy"] is not None:  # transformers does not save it; loading needs it

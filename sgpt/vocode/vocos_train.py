@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from sgpt.core.errors import CheckpointError, SgptError
-from sgpt.core.files import write_atomic, write_json
+from sgpt.core.files import make_temp_dir, write_atomic, write_json
 from sgpt.core.stream import dedup
 from sgpt.core.training import autocast
 from sgpt.vocode.hifigan_train import (
@@ -163,7 +162,7 @@ class Trainer(SegmentTrainer):
         g_file = os.path.join(out, f"g_{self.steps:08d}.safetensors")
         write_atomic(g_file, lambda f: f.write(save(weights, metadata=meta)))
         tensors, info = _tensor_dict(self.optim)
-        tmp = tempfile.mkdtemp(prefix=".state.", dir=out)
+        tmp = str(make_temp_dir(out, ".state."))
         with open(os.path.join(tmp, "optimizer.safetensors"), "wb") as f:
             f.write(save(tensors, metadata=meta))
         write_json(os.path.join(tmp, "trainer.json"),
