@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import speak, tool
 
+from sgpt.core.audio import write_wav
 from sgpt.core.errors import SgptError
 from sgpt.evaluate.judge import CommandJudge
 from sgpt.evaluate.scores import (
@@ -247,9 +248,14 @@ def test_unit_figures_by_hand():
 
 
 def test_prepare_test_sets(tmp_path):
-    (tmp_path / "w.wav").write_bytes(b"")
+    write_wav(str(tmp_path / "w.wav"), np.zeros(800, np.float32))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio\n")
+    write_wav(str(tmp_path / "short.wav"), np.zeros(100, np.float32))
     recs = [{"id": "s", "audio": "w.wav", "text": "Hello."},
             {"id": "gone", "audio": "missing.wav", "text": "Hello."},
+            *[{"id": name, "audio": f"{name}.wav", "question": "Why?", "answer": "yes"}
+              for name in ("empty", "text", "short")],
             {"id": "q", "audio": "w.wav", "text": "Why?", "question": "Why?", "answer": "yes"},
             {"id": "noanswer", "audio": "w.wav", "question": "Why?"},
             {"id": "either", "audio": "w.wav", "question": "Why?", "answer": ["yes", "so"]},
@@ -258,7 +264,10 @@ def test_prepare_test_sets(tmp_path):
     out = prepare_test_set(recs, "qa", str(tmp_path), errors)
     assert [r["id"] for r in out] == ["q", "either"] and "text" not in out[0]
     assert out[0]["audio"] == str(tmp_path / "w.wav")
-    assert {e.where for e in errors} == {"s", "gone", "noanswer", "emptyalt"}
+    says = {e.where: e.reason.partition(": ")[2] for e in errors}
+    assert set(says) == {"s", "gone", "empty", "text", "short", "noanswer", "emptyalt"}
+    assert says["gone"] == "no such file" and says["empty"] == "empty file (0 bytes), not audio"
+    assert says["text"].startswith("not audio") and says["short"].startswith("too short")
     assert [r["id"] for r in prepare_test_set(recs[:2], "sentences", str(tmp_path))] == ["s"]
 
 

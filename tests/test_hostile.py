@@ -557,7 +557,9 @@ EVALUATE_JUDGE = [
 ]
 EVALUATE_PREPARE = [
     rec("test-set-audio-missing", obj({"id": "@ID@", "audio": "/nonexistent/x.wav",
-                                       "text": "hi"}), "{id}", "no such audio file"),
+                                       "text": "hi"}), "{id}", "/nonexistent/x.wav: no such file"),
+    rec("test-set-audio-empty", obj({"id": "@ID@", "audio": "/dev/null", "text": "hi"}), "{id}",
+        "/dev/null: empty file (0 bytes), not audio"),
     rec("test-set-no-text", obj({"id": "@ID@", "audio": "{wav}"}), "{id}",
         "needs a non-empty 'text'"),
     rec("test-set-no-audio", obj({"id": "@ID@", "text": "hi"}), "{id}", "no 'audio'"),

@@ -148,9 +148,9 @@ def cli():
                    "working directory); they are written absolute.")
 @run_tool(TOOL)
 def prepare(kind, inputs, audio_root):
-    """Check a test set (sentences: id, audio, text; qa: id, audio, question, answer) and
-    write it ready for the tools: absolute audio paths; qa records lose 'text' (the
-    question is spoken: its units alone)."""
+    """Check a test set (sentences: id, audio, text; qa: id, audio, question, answer; each
+    audio file's header read) and write it ready for the tools: absolute audio paths; qa
+    records lose 'text' (the question is spoken: its units alone)."""
     reporter = Reporter(TOOL)
     errors: list[RecordError] = []
     records = prepare_test_set(_read(inputs, errors), kind, audio_root, errors)

@@ -28,22 +28,48 @@ def looks_like_audio(head: bytes) -> bool:
     return head.startswith(AUDIO_MAGIC)
 
 
+def _check_path(path) -> None:
+    if not os.path.exists(path):
+        raise AudioError("no such file")
+    if os.path.isdir(path):
+        raise AudioError("is a directory, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError("empty file (0 bytes), not audio")
+
+
+def _unreadable(e: Exception) -> AudioError:
+    if isinstance(e, OSError):
+        return AudioError(e.strerror or str(e))
+    detail = str(e).split(":")[-1].strip() or "unreadable"
+    return AudioError(f"not audio that libsndfile can read ({detail})")
+
+
+UNREADABLE = (sf.LibsndfileError, RuntimeError, TypeError, OSError)
+
+
+def check_audio_file(path: str | os.PathLike) -> None:
+    """Raise AudioError unless ``path`` is audio that load_audio reads, from its header alone
+    (a test set is checked before any tool runs, without decoding every file)."""
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except UNREADABLE as e:
+        raise _unreadable(e) from None
+    if info.frames <= 0:
+        raise AudioError("empty audio (0 samples)")
+    if info.frames * SAMPLE_RATE < MIN_SAMPLES * info.samplerate:
+        raise AudioError(f"too short ({info.frames / info.samplerate:.3f} s; at least "
+                         f"{MIN_SAMPLES / SAMPLE_RATE:.3f} s needed)")
+
+
 def load_audio(source, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read ``source`` (a path or a binary file object) as mono float32 at ``sample_rate``."""
     if isinstance(source, (str, os.PathLike)):
-        if not os.path.exists(source):
-            raise AudioError("no such file")
-        if os.path.isdir(source):
-            raise AudioError("is a directory, not an audio file")
-        if os.path.getsize(source) == 0:
-            raise AudioError("empty file (0 bytes), not audio")
+        _check_path(source)
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        detail = str(e).split(":")[-1].strip() or "unreadable"
-        raise AudioError(f"not audio that libsndfile can read ({detail})") from None
-    except OSError as e:
-        raise AudioError(e.strerror or str(e)) from None
+    except UNREADABLE as e:
+        raise _unreadable(e) from None
     if data.shape[0] == 0:
         raise AudioError("empty audio (0 samples)")
     audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sgpt.core import stream
-from sgpt.core.errors import RecordError, SgptError, first_line
+from sgpt.core.errors import AudioError, RecordError, SgptError, first_line
 from sgpt.evaluate.judge import (
     JudgeError,
     edit_distance,
@@ -209,6 +209,8 @@ def prepare_test_set(records: list[dict], kind: str, audio_root: str | None = No
     ``text`` is dropped: the spoken question is its units alone (a record with both is an
     instruction about the speech for sgpt-generate), its text stays in ``question``.
     """
+    from sgpt.core.audio import check_audio_file
+
     errors = errors if errors is not None else []
     keys = TEST_SETS[kind]
     out = []
@@ -220,8 +222,10 @@ def prepare_test_set(records: list[dict], kind: str, audio_root: str | None = No
         if audio_root is not None and not os.path.isabs(audio):
             audio = os.path.join(audio_root, audio)
         audio = os.path.abspath(audio)
-        if not os.path.isfile(audio):
-            errors.append(RecordError(r["id"], f"{audio}: no such audio file"))
+        try:
+            check_audio_file(audio)
+        except AudioError as e:
+            errors.append(RecordError(r["id"], f"{audio}: {e}"))
             continue
         try:
             for k in keys:
