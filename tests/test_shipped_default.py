@@ -54,6 +54,13 @@ def test_the_recipe_at_a_very_small_scale_makes_a_default_the_tools_use(tmp_path
         r = subprocess.run([*make, target], capture_output=True, text=True, timeout=1200,
                            env=user_env())
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # a new LLM shipped with a vocoder installed before, kept as it is
+    kept = tmp_path / "kept"
+    r = subprocess.run([*make, "install", f"DEST={kept}", f"INSTALL_VOCODER={dest / 'vocoder'}"],
+                       capture_output=True, text=True, timeout=600, env=user_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert {f.name: f.read_bytes() for f in (kept / "vocoder").iterdir()} == {
+        f.name: f.read_bytes() for f in (dest / "vocoder").iterdir()}
     # stage 4 ran its two rounds, the second from the first's adapter
     assert (out / "s4" / "sgpt_model.json").is_file()
     assert f"model: {out / 's4'}\n" in (out / "s4-2" / "train_config.yaml").read_text()

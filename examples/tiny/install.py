@@ -26,6 +26,7 @@ from sgpt.lm.models import ADAPTER_CONFIG, MODEL_META
 from sgpt.lm.tokenizer import META_FILE as TOKENIZER_META
 from sgpt.lm.tokenizer import TOKENIZER_FILES
 from sgpt.vocode.architectures import vocoder_arch
+from sgpt.vocode.hifigan import latest_checkpoint
 from sgpt.vocode.hifigan_train import latest_pair
 from sgpt.vocode.vocos import newest_generator
 
@@ -73,6 +74,9 @@ def install_vocoder(src: str, dest: str) -> str:
             shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
         return os.path.basename(g_file)
     step = latest_pair(src)
+    if step is None and latest_checkpoint(src) is not None:  # an installed one: as it is
+        shutil.copytree(src, dest)
+        return os.path.basename(latest_checkpoint(src))
     if step is None:
         raise SystemExit(f"install.py: {src} holds no g_/do_ checkpoint")
     os.makedirs(dest)
@@ -90,17 +94,16 @@ def main() -> None:
     ap.add_argument("--model", required=True,
                     help="the model directory under --out (`make install`: the last stage's)")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    ap.add_argument("--vocoder", help="ship this installed vocoder directory (e.g. the shipped "
-                    "default's, kept as it is) instead of training's OUT/vocoder")
+    ap.add_argument("--vocoder", help="ship this vocoder instead of training's OUT/vocoder: "
+                    "another run's (its newest generator) or an installed one (e.g. the "
+                    "shipped default's, kept as it is)")
     args = ap.parse_args()
     dest = os.path.abspath(args.dest)
     tmp = tempfile.mkdtemp(prefix=".default.", dir=os.path.dirname(dest))
     meta = install_model(os.path.join(args.out, args.model), os.path.join(tmp, "model"),
                          getattr(torch, args.dtype))
-    if args.vocoder:
-        shutil.copytree(args.vocoder, os.path.join(tmp, "vocoder"))
-    else:
-        install_vocoder(os.path.join(args.out, "vocoder"), os.path.join(tmp, "vocoder"))
+    install_vocoder(args.vocoder or os.path.join(args.out, "vocoder"),
+                    os.path.join(tmp, "vocoder"))
     # the centroids, their sidecar (encoder, k, frames) and their position means, if any
     for ext in (".npy", ".json", ".positions.npy"):
         if ext == ".npy" or os.path.exists(os.path.join(args.out, "km" + ext)):
