@@ -74,11 +74,12 @@ def install_vocoder(src: str, dest: str) -> str:
             shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
         return os.path.basename(g_file)
     step = latest_pair(src)
-    if step is None and latest_checkpoint(src) is not None:  # an installed one: as it is
-        shutil.copytree(src, dest)
-        return os.path.basename(latest_checkpoint(src))
     if step is None:
-        raise SystemExit(f"install.py: {src} holds no g_/do_ checkpoint")
+        installed = latest_checkpoint(src)  # a generator alone: an installed one, as it is
+        if installed is None:
+            raise SystemExit(f"install.py: {src} holds no g_/do_ checkpoint")
+        shutil.copytree(src, dest)
+        return os.path.basename(installed)
     os.makedirs(dest)
     name = f"g_{step:08d}"
     g = torch.load(os.path.join(src, name), map_location="cpu", weights_only=True)
