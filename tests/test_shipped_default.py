@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from conftest import speak, tool
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "sgpt" / "default"
@@ -54,13 +56,23 @@ def test_the_recipe_at_a_very_small_scale_makes_a_default_the_tools_use(tmp_path
         r = subprocess.run([*make, target], capture_output=True, text=True, timeout=1200,
                            env=user_env())
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # a new LLM shipped with a vocoder installed before, kept as it is
+    # a second joint round from the first's adapter, into its own directory, and shipped
+    # with a vocoder installed before, kept as it is
+    again = [*make, f"JOINT_FROM={out / 'joint'}", "JOINT_OUT=joint-2"]
+    r = subprocess.run([*again, "llm"], capture_output=True, text=True, timeout=600,
+                       env=user_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"model: {out / 'joint'}\n" in (out / "joint-2" / "train_config.yaml").read_text()
     kept = tmp_path / "kept"
-    r = subprocess.run([*make, "install", f"DEST={kept}", f"INSTALL_VOCODER={dest / 'vocoder'}"],
+    r = subprocess.run([*again, "install", f"DEST={kept}", f"INSTALL_VOCODER={dest / 'vocoder'}"],
                        capture_output=True, text=True, timeout=600, env=user_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert {f.name: f.read_bytes() for f in (kept / "vocoder").iterdir()} == {
         f.name: f.read_bytes() for f in (dest / "vocoder").iterdir()}
+    shipped = load_file(kept / "model" / "adapter_model.safetensors")
+    trained = load_file(out / "joint-2" / "adapter_model.safetensors")
+    assert shipped.keys() == trained.keys()
+    assert all(torch.equal(shipped[n], trained[n].to(torch.bfloat16)) for n in shipped)
     # stage 4 ran its two rounds, the second from the first's adapter
     assert (out / "s4" / "sgpt_model.json").is_file()
     assert f"model: {out / 's4'}\n" in (out / "s4-2" / "train_config.yaml").read_text()
