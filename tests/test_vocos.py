@@ -174,3 +174,29 @@ def test_cli_trains_resumes_keeps_and_vocodes(data, tmp_path):
     r = run_tool("sgpt-vocode", "train", "--config", str(other), "-o", str(out),
                  str(d / "train.jsonl"))
     assert r.returncode == 1 and "its architecture differs" in r.stderr, r.stderr
+
+
+def test_install_ships_the_newest_generator_in_bfloat16(data, tmp_path):
+    """examples/tiny/install.py on a vocos run: the newest generator alone (no optimizer
+    state), its weights rounded to bfloat16 (half the bytes), which the tools load as the
+    float32 model of those rounded weights; an installed one installs to the same bytes."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "tiny" / "install.py"
+    spec = importlib.util.spec_from_file_location("install", script)
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    d, records = data
+    trained = _train(d, records, tmp_path / "run", 3, batch_size=2, segment_size=320 * 20)
+    shipped, again = tmp_path / "shipped", tmp_path / "again"
+    assert install.install_vocoder(str(tmp_path / "run"), str(shipped), torch.bfloat16) == \
+        "g_00000003.safetensors"
+    assert sorted(p.name for p in shipped.iterdir()) == ["config.json", "g_00000003.safetensors"]
+    model = load_vocoder(str(shipped))
+    for name, weight in trained.generator.state_dict().items():
+        assert torch.equal(model.state_dict()[name], weight.to(torch.bfloat16).float()), name
+    install.install_vocoder(str(shipped), str(again), torch.bfloat16)
+    g = "g_00000003.safetensors"
+    assert (again / g).read_bytes() == (shipped / g).read_bytes()
+    assert (shipped / g).stat().st_size < 0.6 * (tmp_path / "run" / g).stat().st_size

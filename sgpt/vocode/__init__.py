@@ -1,1 +1,2 @@
-"""Units back to speech (sgpt-vocode): the unit HiFi-GAN, its training, and vocoding."""
+"""Units back to speech (sgpt-vocode): the unit HiFi-GAN and the unit Vocos, their training,
+and vocoding."""
