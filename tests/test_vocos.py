@@ -14,12 +14,18 @@ from conftest import run_tool
 from test_vocode_train import tiny_kmeans_units
 
 from sgpt.core.audio import load_audio
-from sgpt.core.errors import CheckpointError
+from sgpt.core.errors import CheckpointError, SgptError
 from sgpt.core.stream import dedup
 from sgpt.vocode.architectures import load_vocoder
 from sgpt.vocode.vocoder import Request, Vocoder
 from sgpt.vocode.vocos import UnitVocos, VocosConfig, inverse_stft, stft
-from sgpt.vocode.vocos_train import Trainer, TrainOptions, make_example, training_config
+from sgpt.vocode.vocos_train import (
+    Trainer,
+    TrainOptions,
+    jitter_runs,
+    make_example,
+    training_config,
+)
 
 K = 16
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,6 +112,16 @@ def test_a_bad_config_names_the_key(key, value, says):
         VocosConfig.from_dict(tiny_config(**{key: value}), "c.json")
 
 
+def _train_config(**extra):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps(tiny_config(**extra)))
+        return training_config(TrainOptions(output=str(Path(tmp) / "v")), str(config))
+
+
 def _train(d, records, out, steps, **extra):
     config = d / "config.json"
     config.write_text(json.dumps(tiny_config(**extra)))
@@ -130,9 +146,35 @@ def test_a_tiny_model_learns_one_utterance(data, tmp_path):
     assert last["loss_dur"] < first["loss_dur"] / 4
 
 
-def test_resume_equals_an_uninterrupted_run(data, tmp_path):
+def test_jittered_runs_keep_their_units_a_frame_longer_or_shorter():
+    codes = np.array([3, 3, 3, 5, 7, 7, 7, 7, 3, 3, 9])
+    rng = np.random.default_rng(0)
+    assert np.array_equal(jitter_runs(codes, 0.0, rng), np.arange(len(codes)))
+    units, lengths = dedup(codes.tolist())
+    changed = 0
+    for _ in range(20):
+        source = jitter_runs(codes, 1.0, rng)
+        assert (np.diff(source) >= 0).all()  # in order, each new frame from its own run
+        new_units, new_lengths = dedup(codes[source].tolist())
+        assert new_units == units
+        for n, m in zip(lengths, new_lengths):
+            assert m in ({n - 1, n + 1} if n > 1 else {1, 2})
+        changed += new_lengths != lengths
+    assert changed == 20
+    # a run stretched takes its frames in order, one of them twice; shrunk, it drops one
+    seen = {tuple(jitter_runs(np.array([1, 1, 2]), 1.0, rng)) for _ in range(40)}
+    assert seen == {(1, 2), (1, 2, 2), (0, 1, 1, 2), (0, 1, 1, 2, 2)}
+
+
+def test_duration_jitter_is_checked():
+    with pytest.raises(SgptError, match="'duration_jitter' must be a number from 0 to 1"):
+        _train_config(duration_jitter=1.5)
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.4])
+def test_resume_equals_an_uninterrupted_run(data, tmp_path, jitter):
     d, records = data
-    knobs = dict(batch_size=2, segment_size=320 * 20)
+    knobs = dict(batch_size=2, segment_size=320 * 20, duration_jitter=jitter)
     whole = _train(d, records, tmp_path / "whole", 6, **knobs)
     _train(d, records, tmp_path / "parts", 3, **knobs)
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [

@@ -36,6 +36,9 @@ def main() -> None:
                        help="ConvNeXt MLP width (default 3 x dim)")
     vocos.add_argument("--layers", type=int, default=8, help="ConvNeXt blocks")
     vocos.add_argument("--speakers", type=int, default=0, help="speakers (0: one voice)")
+    vocos.add_argument("--duration-jitter", type=float, default=0.0,
+                       help="every second update on unit runs made a frame longer or shorter "
+                       "with this probability (0: off)")
     args = ap.parse_args()
     if args.arch == "vocos":
         cfg = VocosConfig(num_embeddings=args.k, dim=args.dim, num_layers=args.layers,
@@ -46,6 +49,8 @@ def main() -> None:
                                        "var_pred_dropout": 0.5}
         cfg.update(batch_size=args.batch_size, segment_size=args.segment_size or 32000,
                    learning_rate=args.learning_rate or 0.0005)
+        if args.duration_jitter:
+            cfg["duration_jitter"] = args.duration_jitter
     else:
         cfg = dict(MHUBERT_KM1000_CONFIG)
         cfg.update(num_embeddings=args.k, upsample_initial_channel=args.channels,

@@ -10,6 +10,15 @@ frame-rate generator saves. The duration predictor learns beside it, on every ru
 whole utterances of each batch (MSE on log(frames + 1), weighted by
 ``dur_prediction_weight``), from the unit embeddings without pulling on them.
 
+Durations it will not be given: a generated answer is vocoded through the duration
+predictor, whose durations are a frame off for a quarter to a third of the units, and a
+vocoder that only ever saw true durations loses words to that (``duration_jitter``, off by
+default). With ``duration_jitter`` q, every second update is taken on the batch's segments
+with each run of a unit made a frame longer or shorter (q/2 each, never under one frame),
+against the audio's log-mel and log-magnitude spectrum at the frame rate warped the same
+way (each new frame takes the frame of its run it falls on): the generator learns to render
+a unit run of the length it is given.
+
 Checkpoints, nothing pickled: ``g_XXXXXXXX.safetensors`` (the generator after XXXXXXXX
 updates; sgpt-vocode takes the newest), and ``state/`` (``optimizer.safetensors`` and
 ``trainer.json``: step, epoch, optimizer settings), replaced as a whole, from which a run
@@ -24,6 +33,7 @@ import os
 import shutil
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -58,6 +68,8 @@ TRAIN_DEFAULTS = {
     # the loss's mel (HiFi-GAN's): its own STFT, not the head's
     "num_mels": 80, "mel_n_fft": 1024, "mel_hop_size": 256, "mel_win_size": 1024, "fmin": 0,
     "fmax_for_loss": None,
+    # every second update on runs made a frame longer or shorter with this probability
+    "duration_jitter": 0.0,
 }
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft, hop), Hann windows
 STATE_DIR = "state"
@@ -95,6 +107,10 @@ def training_config(opts: TrainOptions, config_file: str | None) -> VocosConfig:
         if not isinstance(cfg.extra[key], int) or isinstance(cfg.extra[key], bool):
             raise SgptError(f"{existing if os.path.exists(existing) else config_file}: "
                             f"'{key}' must be an integer")
+    jitter = cfg.extra["duration_jitter"]
+    if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
+        raise SgptError(f"{existing if os.path.exists(existing) else config_file}: "
+                        "'duration_jitter' must be a number from 0 to 1")
     hop = cfg.code_hop_size
     if cfg.extra["segment_size"] % hop or cfg.extra["segment_size"] < hop:
         raise SgptError(f"segment_size {cfg.extra['segment_size']} must be a positive multiple "
@@ -112,6 +128,31 @@ def stft_loss(y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         convergence = torch.linalg.norm(mags[0] - mags[1]) / torch.linalg.norm(mags[0])
         loss = loss + convergence + F.l1_loss(mags[1].log(), mags[0].log())
     return loss / len(STFT_RESOLUTIONS)
+
+
+def jitter_runs(codes: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """Each run of a unit in frame codes [F] made a frame longer or shorter (``probability``
+    / 2 each; never under one frame): the source frame [F'] of each new frame, the frame of
+    its run it falls on (``codes[source]`` are the new codes)."""
+    starts = np.flatnonzero(np.diff(codes, prepend=codes[0] - 1))
+    lengths = np.diff(starts, append=len(codes))
+    step = rng.choice([-1, 0, 1], size=len(lengths),
+                      p=[probability / 2, 1 - probability, probability / 2])
+    new = np.maximum(1, lengths + step)
+    run = np.repeat(np.arange(len(lengths)), new)
+    within = np.arange(len(run)) - np.repeat(np.cumsum(new) - new, new)
+    return starts[run] + (within * 2 + 1) * lengths[run] // (2 * new[run])
+
+
+def spectra(y: torch.Tensor, mel: MelSpectrogram) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-mel and the log-magnitude spectrum [B, bins, frames] of ``mel``'s STFT."""
+    pad = (mel.n_fft - mel.hop) // 2
+    y = F.pad(y.float()[:, None], (pad, pad), mode="reflect")[:, 0]
+    spec = torch.stft(y, mel.n_fft, hop_length=mel.hop, win_length=mel.win, window=mel.window,
+                      center=False, return_complex=True)
+    magnitude = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
+    return (torch.log(torch.clamp(mel.basis @ magnitude, min=1e-5)),
+            torch.log(torch.clamp(magnitude, min=1e-5)))
 
 
 def _tensor_dict(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -146,6 +187,10 @@ class Trainer(SegmentTrainer):
         self.mel = MelSpectrogram(cfg.sampling_rate, h["mel_n_fft"], h["num_mels"],
                                   h["mel_hop_size"], h["mel_win_size"], h["fmin"],
                                   h["fmax_for_loss"]).to(device)
+        # the same mel at the frame rate (one frame a unit frame): what jitter warps
+        self.frame_mel = MelSpectrogram(cfg.sampling_rate, h["mel_n_fft"], h["num_mels"],
+                                        cfg.code_hop_size, h["mel_win_size"], h["fmin"],
+                                        h["fmax_for_loss"]).to(device)
         self.steps = 0
         self.epoch = 0
         self._runs: dict[int, tuple[list[int], list[int]]] = {}
@@ -236,16 +281,28 @@ class Trainer(SegmentTrainer):
         for group in self.optim.param_groups:
             group["lr"] = lr
         torch.manual_seed(self.seed * 1_000_003 + index)
-        codes, y, speakers = (t.to(self.device) for t in sampler.batch(index))
-        lengths = torch.full((codes.shape[0],), codes.shape[1], device=self.device)
+        codes, y, speakers = sampler.batch(index)
+        sources = None
+        if h["duration_jitter"] and index % 2:
+            rng = np.random.default_rng([self.seed, index])
+            sources = [torch.from_numpy(jitter_runs(c.numpy(), h["duration_jitter"], rng))
+                       for c in codes]
+            codes = torch.nn.utils.rnn.pad_sequence(
+                [c[i] for c, i in zip(codes, sources)], batch_first=True)
+        codes, y, speakers = codes.to(self.device), y.to(self.device), speakers.to(self.device)
+        lengths = torch.tensor([codes.shape[1]] * len(codes) if sources is None else
+                               [len(i) for i in sources], device=self.device)
         g = self.generator
         with autocast(self.device, self.amp):
             x, lengths = g.frames(codes, lengths,
                                   speaker=speakers if g.speaker_embed is not None else None)
             y_hat, _ = g.decode(x, lengths)
         y_hat = y_hat.float()
-        mel_error = F.l1_loss(self.mel(y_hat), self.mel(y))
-        spectral = stft_loss(y, y_hat)
+        if sources is None:
+            mel_error = F.l1_loss(self.mel(y_hat), self.mel(y))
+            spectral = stft_loss(y, y_hat)
+        else:
+            mel_error, spectral = self.warped_losses(y, y_hat, sources)
         loss_dur = self.duration_loss(sampler.indices(index), examples)
         loss = (mel_error * h["mel_weight"] + spectral * h["stft_weight"]
                 + loss_dur * h["dur_prediction_weight"])
@@ -256,6 +313,21 @@ class Trainer(SegmentTrainer):
         return {"step": index + 1, "epoch": self.epoch, "lr": lr, "loss": loss.item(),
                 "mel_error": mel_error.item(), "loss_stft": spectral.item(),
                 "loss_dur": loss_dur.item()}
+
+    def warped_losses(self, y: torch.Tensor, y_hat: torch.Tensor, sources: list[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel L1 and log-magnitude L1 at the frame rate between what the generator made
+        of jittered runs and the audio's frames warped the same way (``sources``), over
+        each segment's own frames."""
+        target_mel, target_mag = spectra(y, self.frame_mel)
+        mel_error = magnitude_error = y.new_zeros(())
+        for b, source in enumerate(sources):
+            source = source.to(self.device)
+            mel, magnitude = spectra(y_hat[b:b + 1, :len(source) * self.frame_mel.hop],
+                                     self.frame_mel)
+            mel_error = mel_error + F.l1_loss(mel[0], target_mel[b][:, source])
+            magnitude_error = magnitude_error + F.l1_loss(magnitude[0], target_mag[b][:, source])
+        return mel_error / len(sources), magnitude_error / len(sources)
 
     def describe(self, entry: dict) -> str:
         return (f"loss {entry['loss']:.3f} mel {entry['mel_error']:.3f} stft "
