@@ -248,15 +248,18 @@ class MelSpectrogram(nn.Module):
             mel_filters(sample_rate, n_fft, num_mels, fmin, fmax)), persistent=False)
         self.register_buffer("window", torch.hann_window(win_size), persistent=False)
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """[B, S] float waveform -> [B, num_mels, frames]."""
+    def magnitude(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, S] float waveform -> its STFT's magnitude [B, n_fft // 2 + 1, frames]."""
         pad = (self.n_fft - self.hop) // 2
         y = F.pad(y.float()[:, None], (pad, pad), mode="reflect")[:, 0]
         spec = torch.stft(y, self.n_fft, hop_length=self.hop, win_length=self.win,
                           window=self.window, center=False, normalized=False, onesided=True,
                           return_complex=True)
-        spec = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
-        return torch.log(torch.clamp(self.basis @ spec, min=1e-5))
+        return torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, S] float waveform -> [B, num_mels, frames]."""
+        return torch.log(torch.clamp(self.basis @ self.magnitude(y), min=1e-5))
 
 
 def duration_loss(model: UnitHiFiGAN, codes: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -146,11 +146,7 @@ def jitter_runs(codes: np.ndarray, probability: float, rng: np.random.Generator)
 
 def spectra(y: torch.Tensor, mel: MelSpectrogram) -> tuple[torch.Tensor, torch.Tensor]:
     """The log-mel and the log-magnitude spectrum [B, bins, frames] of ``mel``'s STFT."""
-    pad = (mel.n_fft - mel.hop) // 2
-    y = F.pad(y.float()[:, None], (pad, pad), mode="reflect")[:, 0]
-    spec = torch.stft(y, mel.n_fft, hop_length=mel.hop, win_length=mel.win, window=mel.window,
-                      center=False, return_complex=True)
-    magnitude = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
+    magnitude = mel.magnitude(y)
     return (torch.log(torch.clamp(mel.basis @ magnitude, min=1e-5)),
             torch.log(torch.clamp(magnitude, min=1e-5)))
 
