@@ -102,15 +102,14 @@ def training_config(opts: TrainOptions, config_file: str | None) -> VocosConfig:
             cfg.extra[key] = value
     for key, value in TRAIN_DEFAULTS.items():
         cfg.extra.setdefault(key, value)
+    where = existing if os.path.exists(existing) else config_file
     for key in ("batch_size", "segment_size", "seed", "num_mels", "mel_n_fft", "mel_hop_size",
                 "mel_win_size"):
         if not isinstance(cfg.extra[key], int) or isinstance(cfg.extra[key], bool):
-            raise SgptError(f"{existing if os.path.exists(existing) else config_file}: "
-                            f"'{key}' must be an integer")
+            raise SgptError(f"{where}: '{key}' must be an integer")
     jitter = cfg.extra["duration_jitter"]
     if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1:
-        raise SgptError(f"{existing if os.path.exists(existing) else config_file}: "
-                        "'duration_jitter' must be a number from 0 to 1")
+        raise SgptError(f"{where}: 'duration_jitter' must be a number from 0 to 1")
     hop = cfg.code_hop_size
     if cfg.extra["segment_size"] % hop or cfg.extra["segment_size"] < hop:
         raise SgptError(f"segment_size {cfg.extra['segment_size']} must be a positive multiple "
