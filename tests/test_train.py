@@ -463,6 +463,43 @@ def test_sigterm_saves_the_step_it_finished_and_the_same_command_resumes(data, t
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_snapshot_writes_the_checkpoint_s_model_and_leaves_the_run_as_it_was(data, tmp_path):
+    """--snapshot DEST: the model at -o DIR's checkpoint (its trainable weights those of the
+    checkpoint, bit for bit), with DIR's own settings; DIR is not touched."""
+    from safetensors.torch import load_file
+
+    out, dest = tmp_path / "run", tmp_path / "now"
+    done = invoke(cli_args(data, out, "--max-steps", 4, "--save-every", 2, "--method", "lora",
+                           "--keep-checkpoint"))
+    assert done.exit_code == 0, done.output
+    before = contents(out)
+    made = invoke(["-o", out, "--snapshot", dest])
+    assert made.exit_code == 0, made.output
+    assert f"{dest}: the model at step 2 of {out}" in made.output
+    assert contents(out) == before
+    meta = json.loads((dest / MODEL_META).read_text())
+    assert meta["adapter"] and meta["snapshot"] == {"run": str(out.resolve()), "step": 2, "of": 4}
+    model, _ = load_model_dir(str(dest), merge=False)
+    trained = dict(model.named_parameters())
+    saved = load_file(str(out / "checkpoint" / "weights.safetensors"))
+    assert saved and set(saved) <= set(trained)
+    for name, weight in saved.items():
+        assert torch.equal(trained[name].detach(), weight), name
+    assert invoke(["-o", out, "--snapshot", dest]).exit_code == 0  # an earlier snapshot
+    for args, words in ((["-o", out, "--snapshot", tmp_path / "x", "--lr", "1"], "drop --lr"),
+                        (["--snapshot", tmp_path / "x"], "needs -o DIR"),
+                        (["-o", out, "--snapshot", out], "own directory")):
+        result = invoke(args)
+        assert result.exit_code == (1 if words == "own directory" else 2), result.output
+        assert words in result.output
+    fresh = tmp_path / "fresh"
+    assert invoke(cli_args(data, fresh, "--max-steps", 2, "--method", "lora")).exit_code == 0
+    one_error_line(invoke(["-o", fresh, "--snapshot", tmp_path / "y"]), "no checkpoint")
+    one_error_line(invoke(["-o", tmp_path / "none", "--snapshot", tmp_path / "y"]),
+                   "holds no sgpt-train run")
+    assert contents(out) == before
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, strategy):
     """Each process computes its micro-batch as the single process computes the same one, the
@@ -516,7 +553,7 @@ def invoke(args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def snapshot(path: Path) -> dict:
+def contents(path: Path) -> dict:
     return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
@@ -534,7 +571,7 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
     existing.mkdir()
     (existing / "train_config.yaml").write_text("stage: pretrain\n")
     (existing / "keep.txt").write_text("precious")
-    before = snapshot(existing)
+    before = contents(existing)
     other_tok = extended("llama", "reference", 500)
     s2_other = pack(other_tok, [{"id": "x", "prefix": "P ", "plain_text":
                                  "[Human]: hi<eoh> [SpeechGPT]: <3><4><eoa> "}] * 4,
@@ -583,7 +620,7 @@ def test_bad_input_one_line_exit_1_nothing_overwritten(data, tmp_path):
     ]
     for args, words in cases:
         one_error_line(invoke(args), *words)
-    assert snapshot(existing) == before
+    assert contents(existing) == before
     # a directory of another run is not taken over
     one_error_line(invoke(cli_args(data, existing)), "holds a run with other settings")
     # an output that cannot be made: named before the model loads

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from sgpt import __version__
@@ -99,9 +101,13 @@ def _comma_list(ctx, param, value):
               help="Keep DIR/checkpoint (weights + optimizer) after the run.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--snapshot", default=None, metavar="DEST",
+              help="Write the model at -o DIR's latest checkpoint into DEST, as a finished "
+                   "run would, and exit; DIR stays resumable. The settings are DIR's "
+                   "train_config.yaml (only --device may be given).")
 @click.pass_context
 @run_tool(TOOL)
-def cli(ctx, config_file, **flags):
+def cli(ctx, config_file, snapshot, **flags):
     """Train a SpeechGPT stage on packed shards; write an sgpt model directory.
 
     The base model's embeddings grow to the extended tokenizer (new rows: the mean of the
@@ -120,6 +126,7 @@ def cli(ctx, config_file, **flags):
       sgpt-train --stage chain-of-modality --model s2 --data packed-s3 -o s3 --method lora
       torchrun --nproc-per-node 8 $(which sgpt-train) --config examples/configs/cross-modal.yaml \\
           --model s1 --data packed-s2 -o s2
+      timeout 2h sgpt-train ... -o s2; sgpt-train -o s2 --snapshot s2-now  # judge it so far
     """
     from sgpt.core.files import read_yaml_mapping
     from sgpt.core.training import Interrupted, interrupted_note
@@ -132,6 +139,8 @@ def cli(ctx, config_file, **flags):
             given[key] = list(given[key])
     if "keep_checkpoint" in given and not given["keep_checkpoint"]:
         del given["keep_checkpoint"]
+    if snapshot is not None:
+        return _snapshot(reporter, given, config_file, snapshot)
     try:
         file_values = read_yaml_mapping(config_file) if config_file else {}
     except SgptError as e:  # a missing or unreadable --config is a usage error (exit 2)
@@ -163,6 +172,27 @@ def cli(ctx, config_file, **flags):
             parts.append(f"eval loss {last['eval_loss']:.4f}")
         parts.append(f"{last['tokens_per_s']:.0f} tokens/s")
         reporter.info(", ".join(parts))
+    return 0
+
+
+def _snapshot(reporter, given: dict, config_file, dest: str) -> int:
+    """--snapshot DEST: the model at OUT's checkpoint, with OUT's own settings."""
+    from sgpt.core.files import read_yaml_mapping
+    from sgpt.train.recipe import CONFIG_FILE, Run, make_config
+
+    out = given.pop("output", None)
+    if out is None:
+        raise click.UsageError("--snapshot needs -o DIR: the run to take the model from")
+    extra = sorted(set(given) - {"device", "progress"}) + (["config"] if config_file else [])
+    if extra:
+        raise click.UsageError(f"--snapshot takes the settings of {out}/{CONFIG_FILE}: drop "
+                               + ", ".join("--" + k.replace("_", "-") for k in extra))
+    saved = Path(out) / CONFIG_FILE
+    if not saved.is_file():
+        raise SgptError(f"{out}: holds no sgpt-train run ({CONFIG_FILE} missing)")
+    config = make_config(read_yaml_mapping(saved), {**given, "output": out})
+    step = Run(config, log=reporter.info, warn=reporter.warn, for_snapshot=True).snapshot(dest)
+    reporter.info(f"{dest}: the model at step {step} of {out}")
     return 0
 
 

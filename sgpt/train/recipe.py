@@ -663,7 +663,7 @@ def find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, params: dict, optimizer, device) -> dict:
+def load_checkpoint(path: Path, params: dict, optimizer=None, device=None) -> dict:
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
@@ -674,7 +674,7 @@ def load_checkpoint(path: Path, params: dict, optimizer, device) -> dict:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(like(p, weights[name]))
-    for name, p in params.items():
+    for name, p in params.items() if optimizer is not None else ():
         if name in state["optimizer_steps"]:
             optimizer.state[p] = {
                 "step": torch.tensor(state["optimizer_steps"][name]),
@@ -705,7 +705,7 @@ class Run:
     """One training run: set up (everything checked before OUT is touched), then ``train``."""
 
     def __init__(self, config: TrainConfig, log: Callable[[str], None] = print,
-                 warn: Callable[[str], None] = print):
+                 warn: Callable[[str], None] = print, *, for_snapshot: bool = False):
         from sgpt.core.device import resolve_device
         from sgpt.lm.tokenizer import SpeechTokenizer
 
@@ -734,7 +734,7 @@ class Run:
                                                   config.seed)
         self.new_ids = check_model_vocab(config.model, self.tok)
         self.finished = self._check_output()
-        if self.finished:
+        if self.finished and not for_snapshot:
             return
         self.dist = init_distributed(config.device)
         self.layout = Layout(config.batch_size, config.grad_accum, self.dist.world)
@@ -945,17 +945,50 @@ class Run:
                     dist.barrier()
                 if stopping:
                     raise Interrupted(stop[0] if stop else signal.SIGTERM, done)
-        self._save_model(fsdp)
-        dist.barrier()
+        self._finish(fsdp)
         return last
+
+    def _finish(self, sharded: bool) -> None:
+        """The model written into OUT, its checkpoint dropped unless kept."""
+        self._save_model(sharded, self.out)
+        if self.dist.main and not self.config.keep_checkpoint:
+            shutil.rmtree(self.out / CHECKPOINT, ignore_errors=True)
+        self.dist.barrier()
+
+    def snapshot(self, dest: str | os.PathLike) -> int:
+        """Write the model at OUT's latest checkpoint into ``dest``, as a finished run writes
+        it (its sgpt_model.json says the step); OUT stays as it was, to be resumed. A new or
+        empty ``dest``, or an earlier snapshot. Returns the step."""
+        dest = Path(dest)
+        if self.dist.world > 1:
+            raise TrainError("a snapshot is written by one process: run it without torchrun")
+        if dest.resolve() == self.out.resolve():
+            raise TrainError(f"{dest}: the run's own directory: give another")
+        if dest.exists() and not dest.is_dir():
+            raise TrainError(f"{dest}: exists and is not a directory")
+        if dest.is_dir() and any(dest.iterdir()):
+            if not (read_meta(dest) or {}).get("snapshot"):
+                raise TrainError(f"{dest}: exists and holds no snapshot: give another")
+        reason = unwritable(dest)
+        if reason:
+            raise TrainError(f"{dest}: {reason}")
+        ckpt = find_checkpoint(self.out)
+        if ckpt is None:
+            raise TrainError(f"{self.out}: no checkpoint to write a model from (a finished "
+                             "run keeps one only with --keep-checkpoint)")
+        step = load_checkpoint(ckpt, trainable_parameters(self.model))["step"]
+        self._save_model(False, dest, snapshot={"run": str(self.out.resolve()), "step": step,
+                                                "of": self.total_steps})
+        return step
 
     def _metric(self, record: dict) -> None:
         if self.dist.main:
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _save_model(self, sharded: bool) -> None:
-        """Write the model directory (the main process; with FSDP all gather first)."""
+    def _save_model(self, sharded: bool, out: Path, **extra) -> None:
+        """Write the model directory ``out`` (the main process; with FSDP all gather
+        first); ``extra`` goes into its sgpt_model.json."""
         config = self.config
         model = self.model
         lora = config.method == "lora"
@@ -976,17 +1009,15 @@ class Run:
         base = previous["base_model"] if previous and adapter else config.model
         meta = model_meta(config.stage, self.tok.k, adapter, base, len(self.tok),
                           method=config.method, new_token_ids=[self.new_ids[0], self.new_ids[-1]]
-                          if self.new_ids else None)
+                          if self.new_ids else None, **extra)
         files = {CONFIG_FILE: dump_yaml(config)}
-        save_model_dir(self.out, model, meta, self.tokenizer_dir, files, state_dict=state_dict)
+        save_model_dir(out, model, meta, self.tokenizer_dir, files, state_dict=state_dict)
         if adapter and config.merge:
             from sgpt.lm.models import load_model_dir
 
-            merged, _ = load_model_dir(str(self.out))
+            merged, _ = load_model_dir(str(out))
             meta = {**meta, "adapter": False}
             meta.pop("base_model_path", None)
-            save_model_dir(self.out, merged, meta, self.tokenizer_dir, files)
+            save_model_dir(out, merged, meta, self.tokenizer_dir, files)
             adapter = False
-        if not config.keep_checkpoint:
-            shutil.rmtree(self.out / CHECKPOINT, ignore_errors=True)
-        self.log(f"{self.out}: {'adapter' if adapter else 'model'} written")
+        self.log(f"{out}: {'adapter' if adapter else 'model'} written")
