@@ -304,6 +304,26 @@ def test_resume_refuses_other_settings(llama, tmp_path, monkeypatch):
         run_pack(llama, tmp_path / "p", [src], PackConfig(max_length=99))
 
 
+def test_a_finished_part_is_kept_only_for_the_same_inputs_and_settings(llama, tmp_path):
+    """A re-run keeps a finished part; after its input or settings changed it refuses by
+    name rather than keep shards of the old data (a Makefile re-packing changed data)."""
+    src = write_jsonl(tmp_path / "s.jsonl", instruct_records(6))
+    first, _ = run_pack(llama, tmp_path / "p", [src])
+    assert first["input_bytes"] == [src.stat().st_size]
+    again, _ = run_pack(llama, tmp_path / "p", [src])
+    assert again == first
+    write_jsonl(src, instruct_records(8))
+    with pytest.raises(PackError, match=r"part-00000-of-00001.json: a part made from other "
+                                        r"inputs or settings \(input_bytes\)"):
+        run_pack(llama, tmp_path / "p", [src])
+    with pytest.raises(PackError, match=r"\(config, input_bytes\)"):
+        run_pack(llama, tmp_path / "p", [src], PackConfig(max_length=99))
+    old = json.loads((tmp_path / "p" / "part-00000-of-00001.json").read_text())
+    del old["input_bytes"]  # a header written before sizes were recorded: names and settings
+    (tmp_path / "p" / "part-00000-of-00001.json").write_text(json.dumps(old))
+    assert run_pack(llama, tmp_path / "p", [src])[0] == old
+
+
 def test_header_names_the_tokenizer(llama, tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", instruct_records(2))
     header, _ = run_pack(llama, tmp_path / "p", [src])

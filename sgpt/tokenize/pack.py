@@ -298,20 +298,38 @@ class Packer:
                 "inputs": inputs.signature(), "tokenizer": self.tok.describe()["fingerprint"],
                 "tokenizer_size": len(self.tok)}
 
+    def _check_done(self, header: dict, identity: dict) -> None:
+        """A finished part stands for this run only when it was made from the same inputs
+        (names and sizes; headers before ``input_bytes`` give names only), settings, shard
+        and tokenizer: else a re-run after the data changed would keep the old shards."""
+        sizes = [size for _, size in identity["inputs"]]
+        made = {"config": header.get("settings"), "shard": header.get("part"),
+                "tokenizer": header.get("tokenizer", {}).get("fingerprint"),
+                "inputs": header.get("inputs"), "input_bytes": header.get("input_bytes", sizes)}
+        now = {"config": json.loads(json.dumps(identity["config"])),
+               "shard": identity["shard"], "tokenizer": identity["tokenizer"],
+               "inputs": [name for name, _ in identity["inputs"]], "input_bytes": sizes}
+        other = [key for key in now if made[key] != now[key]]
+        if other:
+            raise PackError(f"{self.header_path()}: a part made from other inputs or settings "
+                            f"({', '.join(other)}): remove {self.name}.* to pack again, or "
+                            "give another -o")
+
     def header_path(self) -> Path:
         return self.out / f"{self.name}.json"
 
     def run(self, inputs: Inputs, select: range) -> dict:
         """Pack the input lines in ``select``; return the part's header."""
         self.out.mkdir(parents=True, exist_ok=True)
+        identity = self._identity(inputs)
         if self.header_path().exists():
             header = json.loads(self.header_path().read_text())
             PACK_FORMAT.check(self.header_path(), header)
+            self._check_done(header, identity)
             self.on_info(f"{self.header_path()} exists: this part is done (remove it to "
                          "pack again)")
             return header
         part = _Part(self.out, self.name, self.dtype)
-        identity = self._identity(inputs)
         state = None
         if part.progress_path.exists():
             state = json.loads(part.progress_path.read_text())
@@ -449,6 +467,7 @@ class Packer:
             "tokenizer": self.tok.describe(),
             "settings": asdict(self.config),
             "inputs": [name for name, _ in state["identity"]["inputs"]],
+            "input_bytes": [size for _, size in state["identity"]["inputs"]],
             "dtype": self.dtype.name,
             "files": {what: part.path(what, partial=False).name for what in _Part.FILES
                       if what != "names" or stage != "1"},
