@@ -23,7 +23,7 @@ for c in ${ARMS:-none positions}; do
         -o "$d/$(basename "$s")" - < "$s"
   done
   [ -f "$d/config.json" ] || $B/python "$HERE/make_config.py" -k 100 --arch vocos \
-      --batch-size 16 --segment-size 32000 > "$d/config.json"
+      --batch-size 16 --segment-size 32000 --duration-jitter 0 > "$d/config.json"
   args=(-o "$d/voc"); [ -d "$d/voc" ] || args=(--config "$d/config.json" "${args[@]}")
   timeout --signal=TERM "${SECONDS_PER_ARM:-1500}" $B/sgpt-vocode train "${args[@]}" \
       --steps 1000000 --checkpoint-interval 250 --keep 2 --device cpu --dtype auto \

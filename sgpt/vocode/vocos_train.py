@@ -13,10 +13,11 @@ whole utterances of each batch (MSE on log(frames + 1), weighted by
 Durations it will not be given: a generated answer is vocoded through the duration
 predictor, whose durations are a frame off for a quarter to a third of the units, and a
 vocoder that only ever saw true durations loses words to that (``duration_jitter``, off by
-default). With ``duration_jitter`` q, every second update is taken on the batch's segments
-with each run of a unit made a frame longer or shorter (q/2 each, never under one frame),
-against the audio's log-mel and log-magnitude spectrum at the frame rate warped the same
-way (each new frame takes the frame of its run it falls on): the generator learns to render
+default; examples/vocoder/make_config.py writes 0.5, measured better). With
+``duration_jitter`` q, every second update is taken on the batch's segments with each run
+of a unit made a frame longer or shorter (q/2 each, never under one frame), against the
+audio's log-mel and log-magnitude spectrum at the frame rate warped the same way (each new
+frame takes the frame of its run it falls on): the generator learns to render
 a unit run of the length it is given.
 
 Checkpoints, nothing pickled: ``g_XXXXXXXX.safetensors`` (the generator after XXXXXXXX
