@@ -663,18 +663,22 @@ def find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, params: dict, optimizer=None, device=None) -> dict:
+def load_checkpoint(path: Path, params: dict, optimizer=None) -> dict:
+    """The checkpoint's weights into ``params`` (and its moments into ``optimizer``, when
+    given); its state.json."""
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
     weights = load_file(str(path / "weights.safetensors"))
-    moments = load_file(str(path / "optimizer.safetensors"))
     if set(weights) != set(params):
         raise CheckpointError(f"{path}: its weights are not this model's trainable ones")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(like(p, weights[name]))
-    for name, p in params.items() if optimizer is not None else ():
+    if optimizer is None:
+        return state
+    moments = load_file(str(path / "optimizer.safetensors"))
+    for name, p in params.items():
         if name in state["optimizer_steps"]:
             optimizer.state[p] = {
                 "step": torch.tensor(state["optimizer_steps"][name]),
@@ -877,7 +881,7 @@ class Run:
         start, elapsed = 0, 0.0
         ckpt = find_checkpoint(self.out)
         if ckpt is not None:
-            state = load_checkpoint(ckpt, params, optimizer, self.device)
+            state = load_checkpoint(ckpt, params, optimizer)
             start, elapsed = state["step"], state.get("elapsed", 0.0)
             if dist.main:
                 self.log(f"resuming from {ckpt} at step {start} of {self.total_steps}")
