@@ -215,14 +215,14 @@ def test_published_vocoder_without_sgpt_keys_loads_as_before(tmp_path):
 
 def test_default_description_and_the_shipped_files(tmp_path, monkeypatch):
     """What ships in sgpt/default/ loads: default.json, sgpt_model.json, sgpt_tokenizer.json
-    at version 1, the k-means sidecar and the vocoder's config.json as sgpt wrote them before
-    versions (no format key)."""
+    at version 1, the k-means sidecar as sgpt wrote it before versions (no format key), and
+    the vocoder (whichever architecture ships) for the default's k."""
     monkeypatch.delenv("SGPT_DEFAULT")
     shipped = load_default()
     assert read_meta(shipped.model)["version"] == 1
     assert SpeechTokenizer.from_dir(str(shipped.model)).k == shipped.k
     assert "format" not in read_sidecar(shipped.kmeans)
-    assert read_config(str(shipped.vocoder / "config.json")).num_embeddings == shipped.k
+    assert load_vocoder(str(shipped.vocoder)).k == shipped.k
     copy = tmp_path / "default"
     shutil.copytree(SHIPPED, copy)
     monkeypatch.setenv("SGPT_DEFAULT", str(copy))

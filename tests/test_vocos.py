@@ -234,3 +234,10 @@ def test_install_ships_the_newest_generator_in_bfloat16(data, tmp_path):
     g = "g_00000003.safetensors"
     assert (again / g).read_bytes() == (shipped / g).read_bytes()
     assert (shipped / g).stat().st_size < 0.6 * (tmp_path / "run" / g).stat().st_size
+    # fine-tuning the installed one needs no --config: --init names the architecture
+    tuned = tmp_path / "tuned"
+    r = run_tool("sgpt-vocode", "train", "--init", str(shipped), "-o", str(tuned), "--steps",
+                 "1", "--batch-size", "2", "--segment-size", str(320 * 20),
+                 str(d / "train.jsonl"))
+    assert r.returncode == 0 and "training a vocos vocoder" in r.stderr, r.stderr
+    assert isinstance(load_vocoder(str(tuned)), UnitVocos)

@@ -346,9 +346,10 @@ def _request(record, voc, out: Output, reporter: Reporter):
               help="Append losses to train_log.jsonl (and stderr) every N updates.")
 @click.option("--init", metavar="DIR|G_FILE", default=None,
               help="Start a new run from this generator (a g_ file, or a vocoder directory's "
-                   "newest): fine-tune a published or earlier vocoder on new audio. Same "
-                   "architecture as the config; fresh discriminators; ignored when DIR "
-                   "already holds a checkpoint to resume.")
+                   "newest): fine-tune a published or earlier vocoder on new audio. Its "
+                   "config (and architecture) unless --config gives one of the same "
+                   "architecture; fresh discriminators; ignored when DIR already holds a "
+                   "checkpoint to resume.")
 @device_options
 @run_options
 @click.argument("inputs", nargs=-1, metavar="[RECORDS|-]...")
@@ -381,11 +382,14 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     from sgpt.core.device import resolve_device, slow_bfloat16_note
     from sgpt.core.records import read_records
     from sgpt.core.training import Interrupted, interrupted_note, training_dtype
-    from sgpt.vocode.architectures import TRAINERS, vocoder_arch
+    from sgpt.vocode.architectures import TRAINERS, config_path, vocoder_arch
 
     reporter = Reporter(TOOL, strict)
     sources = _inputs(inputs)
-    arch = vocoder_arch(output, config_file)
+    # the config's precedence, as the trainers read it: --config, else the run's own (a
+    # resume), else --init's (a new run from another vocoder takes its architecture)
+    fresh = init is not None and not os.path.exists(config_path(output))
+    arch = vocoder_arch(init if fresh else output, config_file)
     if arch not in TRAINERS:
         raise SgptError(f"sgpt-vocode train cannot train a {arch!r} vocoder (it trains "
                         f"{', '.join(TRAINERS)})")
