@@ -234,7 +234,9 @@ def test_install_ships_the_newest_generator_in_bfloat16(data, tmp_path):
     g = "g_00000003.safetensors"
     assert (again / g).read_bytes() == (shipped / g).read_bytes()
     assert (shipped / g).stat().st_size < 0.6 * (tmp_path / "run" / g).stat().st_size
-    # fine-tuning the installed one needs no --config: --init names the architecture
+    # fine-tuning the installed one needs no --config: --init names the architecture (not a
+    # config.json beside the new run's directory)
+    (tmp_path / "config.json").write_text('{"arch": "hifigan"}')
     tuned = tmp_path / "tuned"
     r = run_tool("sgpt-vocode", "train", "--init", str(shipped), "-o", str(tuned), "--steps",
                  "1", "--batch-size", "2", "--segment-size", str(320 * 20),

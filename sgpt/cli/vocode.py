@@ -382,14 +382,12 @@ def train(output, config_file, steps, batch_size, segment_size, learning_rate, s
     from sgpt.core.device import resolve_device, slow_bfloat16_note
     from sgpt.core.records import read_records
     from sgpt.core.training import Interrupted, interrupted_note, training_dtype
-    from sgpt.vocode.architectures import TRAINERS, config_path, vocoder_arch
+    from sgpt.vocode.architectures import TRAINERS, given_config, vocoder_arch
 
     reporter = Reporter(TOOL, strict)
     sources = _inputs(inputs)
-    # the config's precedence, as the trainers read it: --config, else the run's own (a
-    # resume), else --init's (a new run from another vocoder takes its architecture)
-    fresh = init is not None and not os.path.exists(config_path(output))
-    arch = vocoder_arch(init if fresh else output, config_file)
+    config_file = given_config(output, config_file, init)  # a new run from --init: its own
+    arch = vocoder_arch(output, config_file)
     if arch not in TRAINERS:
         raise SgptError(f"sgpt-vocode train cannot train a {arch!r} vocoder (it trains "
                         f"{', '.join(TRAINERS)})")

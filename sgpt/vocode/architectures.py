@@ -65,6 +65,16 @@ def config_path(path: str, config: str | None = None) -> str:
     return os.path.join(where, "config.json")
 
 
+def given_config(output: str, config: str | None, init: str | None) -> str | None:
+    """The config file a training run into ``output`` is given: ``config``, else, for a new
+    run from ``--init``, that vocoder's (beside its checkpoints); None: the run's own
+    ``output/config.json`` (a resume) or the trainer's default."""
+    if config is None and init is not None and not os.path.exists(
+            os.path.join(output, "config.json")):
+        return config_path(init)
+    return config
+
+
 def vocoder_arch(path: str, config: str | None = None) -> str:
     """The architecture a vocoder's config.json names (``hifigan`` when it names none or
     cannot be read: that loader names what is wrong with it)."""

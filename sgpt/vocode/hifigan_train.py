@@ -39,7 +39,7 @@ from sgpt.core.errors import AudioError, CheckpointError, RecordError, SgptError
 from sgpt.core.files import write_atomic, write_json
 from sgpt.core.stream import check_units, frame_units
 from sgpt.core.training import Interrupted, autocast, stop_requests, trim_log
-from sgpt.vocode.architectures import VOCODER_FORMAT
+from sgpt.vocode.architectures import VOCODER_FORMAT, given_config
 from sgpt.vocode.hifigan import (
     LRELU_SLOPE,
     MHUBERT_KM1000_CONFIG,
@@ -450,8 +450,7 @@ def training_config(opts: TrainOptions, config_file: str | None) -> HiFiGANConfi
     the ``--init`` vocoder, else the published mHuBERT-km1000 one; flags override the
     training knobs."""
     existing = os.path.join(opts.output, "config.json")
-    if config_file is None and opts.init is not None and not os.path.exists(existing):
-        config_file = find_vocoder(opts.init)[1]
+    config_file = given_config(opts.output, config_file, opts.init)
     if os.path.exists(existing):
         cfg = read_config(existing)
         if config_file is not None:

@@ -42,6 +42,7 @@ from sgpt.core.errors import CheckpointError, SgptError
 from sgpt.core.files import make_temp_dir, write_atomic, write_json
 from sgpt.core.stream import dedup
 from sgpt.core.training import autocast
+from sgpt.vocode.architectures import given_config
 from sgpt.vocode.hifigan_train import (
     Example,
     MelSpectrogram,
@@ -81,9 +82,7 @@ def training_config(opts: TrainOptions, config_file: str | None) -> VocosConfig:
     ``config_file``, else that of the ``--init`` vocoder; flags override the training
     knobs."""
     existing = os.path.join(opts.output, "config.json")
-    if config_file is None and opts.init is not None and not os.path.exists(existing):
-        config_file = os.path.join(opts.init if os.path.isdir(opts.init)
-                                   else os.path.dirname(opts.init) or ".", "config.json")
+    config_file = given_config(opts.output, config_file, opts.init)
     if os.path.exists(existing):
         cfg = read_config(existing)
         if config_file is not None:
