@@ -1,5 +1,6 @@
 """examples/tiny's scripts: speak.py (the recipe's voices, of four synthesizers, as 16 kHz
-mono wavs) and reuse_kmeans.py (given centroids for the real-length Whisper units)."""
+mono wavs), reuse_kmeans.py (given centroids for the real-length Whisper units) and runs.py
+(what the recipe's training cost, from the trainers' logs)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,39 @@ def test_reused_centroids_are_relabelled_only_from_whisper_padded(sidecar, relab
         assert meta == sidecar
         with pytest.raises(CheckpointError, match="learnt on hubert"):
             check_learnt_on(dest, "whisper", None)
+
+
+def test_runs_sums_the_chunks_of_each_run_and_names_the_machines(tmp_path):
+    """Two chunks of an LLM run (a line for each start, the time carried over) and a
+    vocoder log from before the trainers said their time: summed, and said unknown."""
+    import torch
+
+    from sgpt.core.training import run_record
+
+    cpu = torch.device("cpu")
+    llm = tmp_path / "joint"
+    llm.mkdir()
+    lines = [run_record(0, cpu, None), {"step": 10, "loss": 2.0, "elapsed_s": 1800.0},
+             {"step": 10, "eval_loss": 1.9}, run_record(10, cpu, torch.bfloat16),
+             {"step": 20, "loss": 1.5, "elapsed_s": 5400.0}]
+    (llm / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    voc = tmp_path / "vocoder"
+    voc.mkdir()
+    (voc / "train_log.jsonl").write_text(json.dumps({"step": 7, "loss": 3.0}) + "\n")
+
+    r = subprocess.run([sys.executable, str(TINY / "runs.py"), str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    started = lines[0]["run"]["started"]
+    assert out[0] == f"joint\tllm\t20 steps\t1.50 h\t2 chunks from {started}"
+    cpu_name = lines[0]["run"]["cpu"]
+    threads = torch.get_num_threads()
+    assert out[1:3] == [f"\ton {cpu_name}, {threads} threads, float32",
+                        f"\ton {cpu_name}, {threads} threads, bfloat16"]
+    assert out[3] == "vocoder\tvocoder\t7 steps\tunknown"
+    assert out[4] == "total\t2 runs\t1.50 h, and runs whose logs do not say"
+
+    empty = subprocess.run([sys.executable, str(TINY / "runs.py"), str(voc / "none")],
+                           capture_output=True, text=True, timeout=60)
+    assert empty.returncode == 2 and "not a directory" in empty.stderr

@@ -428,6 +428,14 @@ def test_kill_9_then_the_same_command_resumes_to_the_same_weights(data, tmp_path
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
     steps = [r["step"] for r in metrics(tmp_path / "killed") if "loss" in r]
     assert steps == list(range(1, 41))  # each step logged once, resumed or not
+    # a line for each start, naming the machine; the training time carried over the kill
+    runs = [r for r in metrics(tmp_path / "killed") if "run" in r]
+    assert [r["step"] for r in runs] == [0, stopped_at]
+    assert {r["run"]["device"] for r in runs} == {"cpu"}
+    assert all({"started", "cpu", "threads", "torch", "dtype", "frozen", "processes"}
+               <= r["run"].keys() for r in runs)
+    elapsed = [r["elapsed_s"] for r in metrics(tmp_path / "killed") if "loss" in r]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
     # a finished run is not redone
     done = invoke(args)
     assert done.exit_code == 0 and "nothing to do" in done.output

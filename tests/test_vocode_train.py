@@ -218,7 +218,11 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(data, tmp_path):
     r = run_tool("sgpt-vocode", *args(step + 1))
     assert r.returncode == 0, r.stderr
     assert f"resuming from step {step}" in r.stderr
-    assert [e["step"] for e in log(out)][-2:] == [step, step + 1]
+    updates = [e for e in log(out) if "run" not in e]
+    assert [e["step"] for e in updates][-2:] == [step, step + 1]
+    assert [e["step"] for e in log(out) if "run" in e] == [0, step]  # a line for each start
+    elapsed = [e["elapsed_s"] for e in updates]  # training time, carried over the stop
+    assert elapsed == sorted(elapsed) and elapsed[-1] > elapsed[-2] > 0
 
 
 def test_keep_prunes_old_checkpoints(data, tmp_path):

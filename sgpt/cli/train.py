@@ -113,9 +113,10 @@ def cli(ctx, config_file, snapshot, **flags):
     The base model's embeddings grow to the extended tokenizer (new rows: the mean of the
     old, tied heads stay tied). DIR gets the model (or LoRA adapter), the tokenizer,
     sgpt_model.json, train_config.yaml (the effective settings) and metrics.jsonl (loss, lr,
-    tokens/s, eval loss). Checkpoints (DIR/checkpoint: safetensors + JSON) let a killed run
-    resume with the same command; SIGINT or SIGTERM (timeout, Slurm) finishes the current
-    step, saves a checkpoint and exits (130 or 143). Under torchrun, each process takes its
+    tokens/s, eval loss, training seconds; a line for each start names the machine).
+    Checkpoints (DIR/checkpoint: safetensors + JSON) let a killed run resume with the same
+    command; SIGINT or SIGTERM (timeout, Slurm) finishes the current step, saves a
+    checkpoint and exits (130 or 143). Under torchrun, each process takes its
     share of every batch (DDP; gloo on CPU, NCCL on CUDA). Defaults in [brackets].
 
     \b

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from sgpt.core.errors import SgptError
@@ -31,6 +33,35 @@ def fast_bfloat16(device: torch.device) -> bool:
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's, else the platform's) and the bfloat16 matrix
+    instructions it has, as in "AMD EPYC 9R14 (avx512_bf16)"."""
+    name, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+                if name and flags:
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(bf16)})" if bf16 else name
+
+
+def machine(device: torch.device) -> dict:
+    """What a training run ran on, for its log: the device (a GPU's name), the CPU, the
+    threads and the torch version."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"device": str(device), **({"gpu": gpu} if gpu else {}), "cpu": cpu_model(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def slow_bfloat16_note(dtype: torch.dtype | None, device: torch.device) -> str | None:

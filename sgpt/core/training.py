@@ -1,6 +1,6 @@
 """What every trainer shares (the LLM's sgpt-train, the vocoder's sgpt-vocode train): the one
 rule for the training dtype, autocast, stopping on SIGINT/SIGTERM with a checkpoint, and the
-metrics log a resumed run rewrites from its checkpoint on.
+metrics log a resumed run rewrites from its checkpoint on, with a line for each start.
 
 A trainer's loop runs inside ``stop_requests``; after each update it reads the request once,
 saves a checkpoint when one came, and raises ``Interrupted``; its tool reports that in one
@@ -15,12 +15,13 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 
 import torch
 
-from sgpt.core.device import fast_bfloat16
+from sgpt.core.device import fast_bfloat16, machine
 from sgpt.core.errors import SgptError
 
 
@@ -43,6 +44,15 @@ def training_dtype(name: str, device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """torch.autocast to ``dtype`` on ``device``'s type; nothing when ``dtype`` is None."""
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def run_record(step: int, device: torch.device, dtype: torch.dtype | None, **extra) -> dict:
+    """The log line a trainer writes each time it starts or resumes (at ``step``): when, on
+    what machine, in which dtype. A run cut into chunks has one per chunk; with the steps'
+    ``elapsed_s`` they say what the run cost and where (examples/tiny/runs.py sums them)."""
+    return {"step": step, "run": {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine(device),
+        "dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."), **extra}}
 
 
 def trim_log(path: str | os.PathLike, step: int) -> None:

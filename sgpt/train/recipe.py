@@ -44,6 +44,7 @@ from sgpt.core.files import read_yaml_mapping, unwritable
 from sgpt.core.training import (
     Interrupted,
     autocast,
+    run_record,
     stop_requests,
     training_dtype,
     trim_log,
@@ -889,6 +890,9 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / CONFIG_FILE).write_text(dump_yaml(config))
             trim_log(self.out / METRICS_FILE, start)
+            self._metric(run_record(start, self.device, self.autocast_dtype,
+                                    frozen="bfloat16" if self.base_cast else "float32",
+                                    processes=dist.world))
             n = sum(p.numel() for p in params.values())
             self.log(f"{config.stage}: {config.method} fine-tuning, {n:,} trainable parameters, "
                      f"{len(self.train_idx):,} training / {len(self.eval_idx):,} held-out "

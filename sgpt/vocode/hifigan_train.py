@@ -9,11 +9,13 @@ of each training segment (first and last runs dropped, as they may be cut), weig
 
 Checkpoints are the published layout, so fairseq and speech-resynthesis load them:
 ``g_XXXXXXXX`` = ``{"generator": state_dict}``, ``do_XXXXXXXX`` = ``{"mpd", "msd",
-"optim_g", "optim_d", "steps", "epoch"}`` and ``config.json`` (opening with sgpt's format and
-version, keys they ignore); XXXXXXXX counts optimizer updates. A run resumes from the newest
-pair in its directory. Every random draw (the init, the segment sampled for each slot of each
-step, dropout) is seeded from ``seed`` and the step, so a resumed run follows the same path as
-one that was never stopped. Losses go to ``train_log.jsonl``, one line per logged step.
+"optim_g", "optim_d", "steps", "epoch", "elapsed"}`` and ``config.json`` (opening with sgpt's
+format and version, keys they ignore); XXXXXXXX counts optimizer updates. A run resumes from
+the newest pair in its directory. Every random draw (the init, the segment sampled for each
+slot of each step, dropout) is seeded from ``seed`` and the step, so a resumed run follows the
+same path as one that was never stopped. Losses go to ``train_log.jsonl``, one line per logged
+step, with the seconds of updates so far ("elapsed", checkpointed), and one line each time a
+run starts (``sgpt.core.training.run_record``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from sgpt.core.audio import load_audio
 from sgpt.core.errors import AudioError, CheckpointError, RecordError, SgptError
 from sgpt.core.files import write_atomic, write_json
 from sgpt.core.stream import check_units, frame_units
-from sgpt.core.training import Interrupted, autocast, stop_requests, trim_log
+from sgpt.core.training import Interrupted, autocast, run_record, stop_requests, trim_log
 from sgpt.vocode.architectures import VOCODER_FORMAT, given_config
 from sgpt.vocode.hifigan import (
     LRELU_SLOPE,
@@ -494,6 +496,7 @@ class SegmentTrainer:
                  amp: torch.dtype | None, info: Callable[[str], None]):
         self.cfg, self.opts, self.device, self.amp, self.info = cfg, opts, device, amp, info
         self.seed = int(cfg.extra["seed"])
+        self.elapsed = 0.0  # seconds of updates, over every chunk of the run (checkpointed)
         torch.manual_seed(self.seed)
 
     def models(self) -> list[nn.Module]:
@@ -529,10 +532,14 @@ class SegmentTrainer:
         entry = None
         with open(log_path, "a", encoding="utf-8") as log, \
                 stop_requests(self.info) as stop:
+            log.write(json.dumps(run_record(self.steps, self.device, self.amp)) + "\n")
             while self.steps < opts.steps:
                 start = time.perf_counter()
                 entry = self.step(sampler, examples)
-                entry["seconds"] = round(time.perf_counter() - start, 4)
+                seconds = time.perf_counter() - start
+                self.elapsed += seconds
+                entry["seconds"] = round(seconds, 4)
+                entry["elapsed_s"] = round(self.elapsed, 3)
                 advance(1)
                 stopping = bool(stop)  # read once: a later signal waits for the next update
                 last = self.steps == opts.steps or stopping
@@ -589,6 +596,7 @@ class Trainer(SegmentTrainer):
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{do_file}: optimizer state does not fit ({e})") from None
         self.steps, self.epoch = int(do["steps"]), int(do.get("epoch", 0))
+        self.elapsed = float(do.get("elapsed", 0.0))
         return True
 
     def start_from(self, path: str) -> str:
@@ -610,7 +618,7 @@ class Trainer(SegmentTrainer):
         g = {"generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()}}
         do = {"mpd": self.mpd.state_dict(), "msd": self.msd.state_dict(),
               "optim_g": self.optim_g.state_dict(), "optim_d": self.optim_d.state_dict(),
-              "steps": self.steps, "epoch": self.epoch}
+              "steps": self.steps, "epoch": self.epoch, "elapsed": self.elapsed}
         write_atomic(os.path.join(out, "g_" + name), lambda f: torch.save(g, f))
         write_atomic(os.path.join(out, "do_" + name), lambda f: torch.save(do, f))
         prune_checkpoints(out, self.steps, self.opts.keep)

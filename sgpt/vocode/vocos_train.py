@@ -206,7 +206,8 @@ class Trainer(SegmentTrainer):
         with open(os.path.join(tmp, "optimizer.safetensors"), "wb") as f:
             f.write(save(tensors, metadata=meta))
         write_json(os.path.join(tmp, "trainer.json"),
-                   {"steps": self.steps, "epoch": self.epoch, "optimizer": info})
+                   {"steps": self.steps, "epoch": self.epoch, "elapsed": self.elapsed,
+                    "optimizer": info})
         state, old = os.path.join(out, STATE_DIR), os.path.join(out, STATE_DIR + ".old")
         if os.path.exists(state):
             os.replace(state, old)
@@ -235,6 +236,7 @@ class Trainer(SegmentTrainer):
             with open(where, encoding="utf-8") as f:
                 info = json.load(f)
             steps, epoch = int(info["steps"]), int(info["epoch"])
+            elapsed = float(info.get("elapsed", 0.0))
             optim = info["optimizer"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{where}: not a vocos training state ({e})") from None
@@ -247,7 +249,7 @@ class Trainer(SegmentTrainer):
             self.optim.load_state_dict(_optimizer_state(tensors, optim))
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{state}: optimizer state does not fit ({e})") from None
-        self.steps, self.epoch = steps, epoch
+        self.steps, self.epoch, self.elapsed = steps, epoch, elapsed
         return True
 
     # -- one update ---------------------------------------------------------------------------
