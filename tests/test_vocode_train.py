@@ -82,8 +82,10 @@ def train(d, out, steps, *extra):
                     "--steps", steps, *TRAIN, *extra)
 
 
-def log(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+def log(out, runs: bool = False) -> list[dict]:
+    """train_log.jsonl's update lines, or (``runs``) the lines each start writes."""
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [e for e in lines if ("run" in e) == runs]
 
 
 def test_train_resume_and_load_in_fairseq(data, tmp_path):
@@ -218,9 +220,9 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(data, tmp_path):
     r = run_tool("sgpt-vocode", *args(step + 1))
     assert r.returncode == 0, r.stderr
     assert f"resuming from step {step}" in r.stderr
-    updates = [e for e in log(out) if "run" not in e]
+    updates = log(out)
     assert [e["step"] for e in updates][-2:] == [step, step + 1]
-    assert [e["step"] for e in log(out) if "run" in e] == [0, step]  # a line for each start
+    assert [e["step"] for e in log(out, runs=True)] == [0, step]  # a line for each start
     elapsed = [e["elapsed_s"] for e in updates]  # training time, carried over the stop
     assert elapsed == sorted(elapsed) and elapsed[-1] > elapsed[-2] > 0
 
