@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,13 @@ SENTENCES = [
     "speech units let a language model listen and speak",
     "please tell me the weather for tomorrow morning",
 ]
+
+
+def demo_defaults() -> tuple[str, str]:
+    """scripts/demo.sh's default question and espeak-ng voice."""
+    demo = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    return tuple(re.search(rf"{name}=\$\{{{n}:-([^}}]*)\}}", demo).group(1)
+                 for n, name in ((2, "question"), (3, "voice")))
 
 
 def speak(text: str, path: Path, voice: str = "en-us", speed: int = 160) -> Path:

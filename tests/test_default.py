@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_tool, tool
+from conftest import demo_defaults, run_tool, tool
 from fakes.hifigan import fabricate_vocoder, small_config
 from fakes.tokenizers import extended, smollm2_source
 
@@ -22,18 +22,19 @@ from sgpt.core.default import installed, load_default, resolve_pypi
 from sgpt.core.errors import CheckpointError
 
 K = 50
-QUESTION = "What is the capital of France?"  # scripts/demo.sh's, spoken the same way
-ANSWER = f"{QUESTION}; [ta] Paris.; [ua] <sosp><3><4><5><6><eosp><eoa>."
-BASE_DIST = "sgpt-test-tiny-base"
 ROOT = Path(__file__).resolve().parents[1]
+QUESTION, VOICE = demo_defaults()
+ANSWER = f"{QUESTION}; [ta] Tokyo.; [ua] <sosp><3><4><5><6><eosp><eoa>."
+BASE_DIST = "sgpt-test-tiny-base"
 NOTE = "note: using the embedded default"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def espeak_question(path: Path) -> Path:
-    """The question as scripts/demo.sh speaks it (espeak-ng's defaults)."""
-    subprocess.run(["espeak-ng", "-w", str(path), QUESTION], check=True, capture_output=True)
+    """The question as scripts/demo.sh speaks it."""
+    subprocess.run(["espeak-ng", "-v", VOICE, "-w", str(path), QUESTION], check=True,
+                   capture_output=True)
     return path
 
 
@@ -138,7 +139,7 @@ def test_the_pipe_runs_with_no_model_flags_and_each_tool_notes_it_once(fabricate
                             ("sgpt-units", "--checkpoint/--kmeans"),
                             ("sgpt-vocode", "--vocoder DIR")]], r.stderr
     (rec,) = records(r.stdout)
-    assert rec["transcript"] == QUESTION and rec["text"] == "Paris."
+    assert rec["transcript"] == QUESTION and rec["text"] == "Tokyo."
     assert rec["units"] == [3, 4, 5, 6] and rec["prompt"]["units"] == fabricated["units"]
     assert rec["prompt"]["units_meta"]["encoder"] == "mfcc"
     assert rec["audio"] == str(out / "question.wav")
@@ -153,7 +154,7 @@ def test_demo_prints_transcript_answer_and_wav(fabricated, tmp_path):
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     wav = tmp_path / "out" / "answers" / "question.wav"
-    assert r.stdout.splitlines() == [f"transcript: {QUESTION}", "answer: Paris.",
+    assert r.stdout.splitlines() == [f"transcript: {QUESTION}", "answer: Tokyo.",
                                      f"speech: {wav}"]
     assert sf.info(str(wav)).frames > 0
     assert len(notes(r.stderr)) == 3
@@ -174,7 +175,7 @@ def test_flags_override_the_default_and_print_no_note(fabricated, tmp_path):
     g = run_tool("sgpt-generate", "--model", root / "model", "--max-new-tokens", "40",
                  input=question, env=env)
     assert g.returncode == 0 and g.stderr == "", g.stderr
-    assert records(g.stdout)[0]["text"] == "Paris."
+    assert records(g.stdout)[0]["text"] == "Tokyo."
     v = run_tool("sgpt-vocode", "--vocoder", root / "vocoder", "-o", tmp_path / "wav",
                  input=g.stdout, env=env)
     assert v.returncode == 0 and v.stderr == "", v.stderr
@@ -337,7 +338,7 @@ def test_interactive_with_no_model_flags_hears_and_speaks_with_the_default(fabri
                  env=fabricated["env"])
     assert r.returncode == 0, r.stderr
     assert len(notes(r.stderr)) == 1
-    assert r.stdout.splitlines() == [f"transcript: {QUESTION}", "answer: Paris.",
+    assert r.stdout.splitlines() == [f"transcript: {QUESTION}", "answer: Tokyo.",
                                      f"speech: {tmp_path / 'answer-1.wav'}"]
     assert sf.info(str(tmp_path / "answer-1.wav")).frames > 0
 
