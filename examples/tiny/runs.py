@@ -93,11 +93,9 @@ def main(argv=None) -> int:
             known = False
         else:
             total += s["seconds"]
-    if not known:
-        print(f"total\t{len(runs)} runs\t{hours(total) if total else 'unknown'}, and runs whose "
-              "logs do not say")
-    else:
-        print(f"total\t{len(runs)} runs\t{hours(total)}")
+    told = hours(total) if known or total else "unknown"
+    print(f"total\t{len(runs)} runs\t{told}"
+          + ("" if known else ", and runs whose logs do not say"))
     return 0
 
 
